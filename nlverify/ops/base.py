@@ -1,0 +1,110 @@
+"""Base classes of the ops: what a node computes, independent of any bound method."""
+from __future__ import annotations
+
+from typing import ClassVar, Sequence
+
+import torch
+from torch import Tensor
+
+
+class Op:
+    """A node's operation. ``forward`` takes batched tensors (leading batch axis) and returns one."""
+
+    kind: ClassVar[str] = "abstract"
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Op":
+        """Move every tensor attribute (weights, constants) to ``device`` / ``dtype`` in place."""
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                if value.is_floating_point():
+                    setattr(self, name, value.to(device=device, dtype=dtype))
+                else:
+                    setattr(self, name, value.to(device=device))
+        return self
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+class InputOp(Op):
+    kind = "input"
+
+
+class LinearOp(Op):
+    """An op that is affine in its variable inputs: ``forward(x) = L(x) + offset``.
+
+    ``forward_abs`` applies ``|L|`` (the linear part with absolute coefficients, no offset) -- IBP's radius
+    map. ``backward`` maps a coefficient tensor ``A`` of shape ``(B, S, *out_shape)`` to ``A L`` per input,
+    shapes ``(B, S, *in_shape)``; the default uses autograd's vector-Jacobian product, which is exact for
+    an affine map and keeps this class free of per-op transposes. ``offset`` is ``forward(0)``.
+    """
+
+    kind = "linear"
+
+    def forward_abs(self, *radii: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def backward(self, coeffs: Tensor, input_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
+        batch, specs = coeffs.shape[:2]
+        flat = coeffs.reshape(batch * specs, *coeffs.shape[2:])
+        zeros = [torch.zeros(batch * specs, *shape, dtype=coeffs.dtype, device=coeffs.device)
+                 for shape in input_shapes]
+        _, vjp = torch.func.vjp(self.forward, *zeros)
+        grads = vjp(flat)
+        return [g.reshape(batch, specs, *shape) for g, shape in zip(grads, input_shapes)]
+
+    def offset(self, input_shapes: Sequence[Sequence[int]], like: Tensor) -> Tensor:
+        """The constant term ``forward(0)`` as a tensor of shape ``(1, *out_shape)``."""
+        zeros = [torch.zeros(1, *shape, dtype=like.dtype, device=like.device) for shape in input_shapes]
+        return self.forward(*zeros)
+
+
+class UnaryOp(Op):
+    """An elementwise nonlinearity; ``activation`` names its relaxation family, ``params`` its constants."""
+
+    kind = "unary"
+    _functions = {
+        "relu": torch.relu,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "sin": torch.sin,
+        "cos": torch.cos,
+        "exp": torch.exp,
+        "gelu": lambda x: torch.nn.functional.gelu(x, approximate="none"),
+        "reciprocal": torch.reciprocal,
+        "floor": torch.floor,
+    }
+
+    def __init__(self, activation: str, **params: float) -> None:
+        self.activation = activation
+        self.params = params
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.activation == "leaky_relu":
+            return torch.nn.functional.leaky_relu(x, self.params["negative_slope"])
+        if self.activation == "pow":
+            return torch.pow(x, self.params["exponent"])
+        return self._functions[self.activation](x)
+
+    def describe(self) -> str:
+        extra = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.activation}({extra})" if extra else self.activation
+
+
+class BinaryOp(Op):
+    """An elementwise nonlinearity of two variable tensors of the same shape: max, min or mul."""
+
+    kind = "binary"
+    _functions = {"max": torch.maximum, "min": torch.minimum, "mul": torch.mul}
+
+    def __init__(self, activation: str) -> None:
+        self.activation = activation
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return self._functions[self.activation](x, y)
+
+    def describe(self) -> str:
+        return self.activation
