@@ -1,0 +1,134 @@
+"""alpha-CROWN: CROWN with the relaxations' free parameters optimised by projected gradient ascent.
+
+Every nonlinear node with a free choice (``n_alpha > 0``) gets, for every start node that is bounded
+through it (the output specification, and each intermediate node that feeds a nonlinearity), its own
+``alpha`` of shape ``(n_alpha, B, S_start, *shape)`` in [0, 1]. Each relaxation maps any alpha in [0, 1]
+to a sound relaxation, so every iterate gives a sound bound; we keep, per box and row, the best bound
+seen. Alphas are returned so that a later call (a BaB child, a tighter re-run) can warm-start from them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from nlverify.bounds.crown import (
+    BackwardPropagator, CrownOptions, propagate_bounds, relax_node, spec_coefficients,
+)
+from nlverify.bounds.interval import Bounds
+from nlverify.bounds.relax import binary_relaxation, unary_relaxation
+from nlverify.graph import Graph, Node
+
+AlphaKey = tuple[str, str]  # (start node, nonlinear node)
+
+
+@dataclass
+class AlphaOptions:
+    iterations: int = 20
+    learning_rate: float = 0.1
+    lr_decay: float = 0.98
+    optimize_intermediate: bool = True
+    crown: CrownOptions = field(default_factory=CrownOptions)
+
+
+def _family(node: Node):
+    if node.kind == "unary":
+        return unary_relaxation(node.op.activation, **node.op.params)
+    return binary_relaxation(node.op.activation)
+
+
+def _init_alpha(node: Node, bounds: dict[str, Bounds], rows: int) -> Tensor:
+    family = _family(node)
+    boxes = [b for i in node.inputs for b in bounds[i]]
+    alpha = family.init_alpha(*boxes)  # (n_alpha, B, *shape)
+    return alpha.unsqueeze(2).expand(alpha.shape[0], alpha.shape[1], rows, *alpha.shape[2:]).clone()
+
+
+class AlphaRelaxations:
+    """Relaxation callback that looks up (and creates on first use) the alpha of (start, node)."""
+
+    def __init__(self, bounds: dict[str, Bounds], alphas: dict[AlphaKey, Tensor], rows: dict[str, int],
+                 optimise: set[str]) -> None:
+        self.bounds = bounds
+        self.alphas = alphas
+        self.rows = rows
+        self.optimise = optimise
+        self._default: dict[str, object] = {}
+
+    def __call__(self, node: Node, start: str):
+        if start in self.optimise and _family(node).n_alpha > 0:
+            key = (start, node.name)
+            if key not in self.alphas:
+                self.alphas[key] = _init_alpha(node, self.bounds, self.rows[start]).requires_grad_(True)
+            return relax_node(node, self.bounds, self.alphas[key])
+        if node.name not in self._default:
+            self._default[node.name] = relax_node(node, self.bounds, None)
+        return self._default[node.name]
+
+
+def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = None,
+                options: AlphaOptions | None = None, alphas: dict[AlphaKey, Tensor] | None = None,
+                propagator: BackwardPropagator | None = None, need_upper: bool = True,
+                ) -> tuple[Tensor, Tensor | None, dict[str, Bounds], dict[AlphaKey, Tensor]]:
+    """Optimised bounds of ``C y``: ``(lower (B,S), upper (B,S) or None, node boxes, alphas)``.
+
+    ``alphas`` warm-starts the parameters (entries must match the batch and row counts).
+    """
+    options = options or AlphaOptions()
+    propagator = propagator or BackwardPropagator(graph)
+    batch = lower.shape[0]
+    coeffs = spec_coefficients(C, graph, batch, lower)
+    if need_upper:
+        coeffs = torch.cat([coeffs, -coeffs], 1)
+    rows_out = coeffs.shape[1]
+    rows = {graph.output_name: rows_out}
+    for node in graph.nonlinear_nodes():
+        for i in node.inputs:
+            rows[i] = 2 * graph.nodes[i].size
+    optimise = {graph.output_name}
+    if options.optimize_intermediate:
+        optimise |= set(rows)
+    alphas = {k: v.detach().clone().requires_grad_(True) for k, v in (alphas or {}).items()}
+
+    best = None
+    best_bounds: dict[str, Bounds] = {}
+    optimiser = None
+    for iteration in range(options.iterations + 1):
+        with torch.enable_grad():
+            relaxations: list[AlphaRelaxations] = []
+
+            def factory(bounds):
+                relaxations.append(AlphaRelaxations(bounds, alphas, rows, optimise))
+                return relaxations[-1]
+
+            bounds = propagate_bounds(graph, lower, upper, factory, propagator, options.crown)
+            relax = factory(bounds) if not relaxations else relaxations[0]
+            result = propagator.lower_bound(graph.output_name, coeffs, bounds, relax)
+        detached = result.detach()
+        if best is None:
+            best = detached.clone()
+            best_bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
+        else:
+            best = torch.maximum(best, detached)
+        if iteration == options.iterations or not alphas:
+            break
+        if optimiser is None:
+            optimiser = torch.optim.Adam(list(alphas.values()), lr=options.learning_rate)
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, options.lr_decay)
+        loss = -result.sum()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        with torch.no_grad():
+            for value in alphas.values():
+                value.clamp_(0.0, 1.0)
+        # Intermediate boxes only tighten: keep the best seen for callers (all are sound).
+        best_bounds = {k: (torch.maximum(best_bounds[k][0], l.detach()), torch.minimum(best_bounds[k][1], u.detach()))
+                       for k, (l, u) in bounds.items()}
+    final_alphas = {k: v.detach() for k, v in alphas.items()}
+    if need_upper:
+        half = rows_out // 2
+        return best[:, :half], -best[:, half:], best_bounds, final_alphas
+    return best, None, best_bounds, final_alphas

@@ -1,0 +1,217 @@
+"""Backward linear bound propagation (CROWN) over a Graph, batched over boxes and specifications.
+
+For a start node ``s`` and coefficients ``A`` of shape ``(B, S, *shape_s)`` we compute, per box b and row
+j, a lower bound of ``A[b, j] . x_s`` over the box. Walking the graph backwards, each node turns the
+coefficients on its output into coefficients on its inputs plus a constant:
+
+* linear op ``y = L(x) + o``:  ``A . y = (A L) . x + A . o``  (exact);
+* unary op with relaxation lines ``ls*x + li <= f(x) <= us*x + ui``:
+  ``A . f(x) >= (A+ ls + A- us) . x + A+ . li + A- . ui`` with ``A+ = max(A, 0)``, ``A- = min(A, 0)``;
+* binary op with relaxation planes: the same per input.
+
+At the input box ``[l, u]``: ``A . x >= A+ . l + A- . u``. Upper bounds are lower bounds of ``-A``.
+Relaxations come from a callback, so alpha-CROWN reuses this traversal with its own parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from nlverify.bounds.interval import Bounds, node_interval
+from nlverify.bounds.relax import (
+    LinearRelaxation, PlaneRelaxation, binary_relaxation, unary_relaxation,
+)
+from nlverify.graph import Graph, Node
+
+RelaxationFor = Callable[[Node, str], "LinearRelaxation | PlaneRelaxation"]
+
+
+def _dot(coeffs: Tensor, values: Tensor) -> Tensor:
+    """``sum(coeffs * values)`` over the node axes, with ``0 * inf`` read as 0 (no contribution)."""
+    product = coeffs * values
+    if not torch.isfinite(values).all():
+        product = torch.where(coeffs == 0, torch.zeros_like(product), product)
+    return product.flatten(2).sum(-1)
+
+
+def _positive_negative(coeffs: Tensor) -> tuple[Tensor, Tensor]:
+    return coeffs.clamp(min=0), coeffs.clamp(max=0)
+
+
+class BackwardPropagator:
+    """The graph walk of CROWN, independent of how relaxations are chosen."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self._ancestors: dict[str, list[Node]] = {}
+        self._offsets: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+
+    def ancestors(self, start: str) -> list[Node]:
+        """``start`` and every node it depends on, in reverse topological order."""
+        if start not in self._ancestors:
+            needed = {start}
+            ordered = []
+            for node in reversed(list(self.graph)):
+                if node.name in needed:
+                    ordered.append(node)
+                    needed.update(node.inputs)
+            self._ancestors[start] = ordered
+        return self._ancestors[start]
+
+    def offset(self, node: Node, like: Tensor) -> Tensor:
+        key = (node.name, like.dtype, like.device)
+        if key not in self._offsets:
+            shapes = [self.graph.nodes[i].shape for i in node.inputs]
+            with torch.no_grad():
+                self._offsets[key] = node.op.offset(shapes, like)
+        return self._offsets[key]
+
+    def lower_bound(self, start: str, coeffs: Tensor, bounds: dict[str, Bounds],
+                    relaxation_for: RelaxationFor) -> Tensor:
+        """Lower bound ``(B, S)`` of ``coeffs . x_start`` with ``coeffs`` of shape ``(B, S, *shape)``."""
+        pending: dict[str, Tensor] = {start: coeffs}
+        constant = coeffs.new_zeros(coeffs.shape[:2])
+        for node in self.ancestors(start):
+            a = pending.pop(node.name, None)
+            if a is None:
+                continue
+            if node.kind == "input":
+                low, up = bounds[node.name]
+                a_pos, a_neg = _positive_negative(a)
+                constant = constant + _dot(a_pos, low.unsqueeze(1)) + _dot(a_neg, up.unsqueeze(1))
+            elif node.kind == "linear":
+                shapes = [self.graph.nodes[i].shape for i in node.inputs]
+                constant = constant + _dot(a, self.offset(node, a).unsqueeze(1))
+                for source, a_in in zip(node.inputs, node.op.backward(a, shapes)):
+                    pending[source] = pending[source] + a_in if source in pending else a_in
+            elif node.kind == "unary":
+                r = relaxation_for(node, start)
+                a_pos, a_neg = _positive_negative(a)
+                constant = constant + _dot(a_pos, r.lower_intercept) + _dot(a_neg, r.upper_intercept)
+                a_in = a_pos * r.lower_slope + a_neg * r.upper_slope
+                source = node.inputs[0]
+                pending[source] = pending[source] + a_in if source in pending else a_in
+            elif node.kind == "binary":
+                r = relaxation_for(node, start)
+                a_pos, a_neg = _positive_negative(a)
+                constant = constant + _dot(a_pos, r.lower_intercept) + _dot(a_neg, r.upper_intercept)
+                for source, (low_c, up_c) in zip(node.inputs, ((r.lower_x, r.upper_x), (r.lower_y, r.upper_y))):
+                    a_in = a_pos * low_c + a_neg * up_c
+                    pending[source] = pending[source] + a_in if source in pending else a_in
+            else:
+                raise ValueError(f"no backward rule for node kind '{node.kind}'")
+        return constant
+
+
+def identity_coefficients(shape: tuple[int, ...], batch: int, like: Tensor) -> Tensor:
+    """``[I; -I]`` over a node's neurons, shape ``(B, 2n, *shape)``: lower and upper bounds in one pass."""
+    n = 1
+    for s in shape:
+        n *= s
+    eye = torch.eye(n, dtype=like.dtype, device=like.device).reshape(n, *shape)
+    return torch.cat([eye, -eye]).unsqueeze(0).expand(batch, 2 * n, *shape)
+
+
+def spec_coefficients(C: Tensor | None, graph: Graph, batch: int, like: Tensor) -> Tensor:
+    """Coefficients ``(B, S, *output_shape)`` for the rows of ``C`` (``(S, m)`` or ``(B, S, m)``);
+    ``None`` means every output."""
+    if C is None:
+        C = torch.eye(graph.num_outputs, dtype=like.dtype, device=like.device)
+    C = C.to(dtype=like.dtype, device=like.device)
+    if C.dim() == 2:
+        C = C.unsqueeze(0).expand(batch, *C.shape)
+    return C.reshape(batch, C.shape[1], *graph.output_shape)
+
+
+@dataclass
+class CrownOptions:
+    """How intermediate bounds are obtained.
+
+    ``intermediate="crown"`` bounds every node that feeds a nonlinearity by its own backward pass (and
+    intersects with IBP); nodes with more than ``max_crown_neurons`` neurons use IBP alone, which keeps
+    memory bounded on large convolutional layers.
+    """
+
+    intermediate: str = "crown"
+    max_crown_neurons: int = 4096
+
+
+class DefaultRelaxations:
+    """Relaxations without free parameters (the CROWN choice), computed once per node and bound set."""
+
+    def __init__(self, bounds: dict[str, Bounds]) -> None:
+        self.bounds = bounds
+        self._cache: dict[str, LinearRelaxation | PlaneRelaxation] = {}
+
+    def __call__(self, node: Node, start: str) -> LinearRelaxation | PlaneRelaxation:
+        if node.name not in self._cache:
+            self._cache[node.name] = relax_node(node, self.bounds, None)
+        return self._cache[node.name]
+
+
+def relax_node(node: Node, bounds: dict[str, Bounds], alpha: Tensor | None) -> LinearRelaxation | PlaneRelaxation:
+    """The node's relaxation on its input boxes, shaped to broadcast against ``(B, S, *shape)``."""
+    if node.kind == "unary":
+        low, up = bounds[node.inputs[0]]
+        family = unary_relaxation(node.op.activation, **node.op.params)
+        return family.relax(low.unsqueeze(1), up.unsqueeze(1), alpha)
+    (lx, ux), (ly, uy) = (bounds[i] for i in node.inputs)
+    family = binary_relaxation(node.op.activation)
+    return family.relax(lx.unsqueeze(1), ux.unsqueeze(1), ly.unsqueeze(1), uy.unsqueeze(1), alpha)
+
+
+def nodes_needing_bounds(graph: Graph) -> set[str]:
+    return {i for node in graph.nonlinear_nodes() for i in node.inputs}
+
+
+def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_factory,
+                     propagator: BackwardPropagator, options: CrownOptions) -> dict[str, Bounds]:
+    """Boxes for every node in topological order: IBP, tightened by CROWN on nodes that feed
+    nonlinearities. ``relaxation_for_factory(bounds)`` returns the relaxation callback to use."""
+    batch = lower.shape[0]
+    bounds: dict[str, Bounds] = {
+        graph.input_name: (lower.reshape(batch, *graph.input_shape), upper.reshape(batch, *graph.input_shape))
+    }
+    relaxation_for = relaxation_for_factory(bounds)
+    needed = nodes_needing_bounds(graph) if options.intermediate == "crown" else set()
+    for node in graph:
+        if node.kind == "input":
+            continue
+        low, up = node_interval(node, [bounds[i] for i in node.inputs])
+        if node.name in needed and node.size <= options.max_crown_neurons and _has_nonlinear_ancestor(propagator, node):
+            coeffs = identity_coefficients(node.shape, batch, low)
+            both = propagator.lower_bound(node.name, coeffs, bounds, relaxation_for)
+            n = node.size
+            low = torch.maximum(low, both[:, :n].reshape(low.shape))
+            up = torch.minimum(up, -both[:, n:].reshape(up.shape))
+        bounds[node.name] = (low, up)
+    return bounds
+
+
+def _has_nonlinear_ancestor(propagator: BackwardPropagator, node: Node) -> bool:
+    """A node computed by linear ops alone from the input: its IBP box is already exact when the chain
+    is a single affine map, and CROWN only helps through nonlinearities; composite linear chains still
+    gain, so they count as needing CROWN too."""
+    ancestors = propagator.ancestors(node.name)
+    linear_chain = [n for n in ancestors if n.kind == "linear"]
+    return any(n.kind in ("unary", "binary") for n in ancestors) or len(linear_chain) > 1
+
+
+def crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = None,
+          options: CrownOptions | None = None, propagator: BackwardPropagator | None = None,
+          need_upper: bool = True) -> tuple[Tensor, Tensor | None, dict[str, Bounds]]:
+    """CROWN bounds of ``C y`` on a batch of boxes: ``(lower (B,S), upper (B,S) or None, node boxes)``."""
+    options = options or CrownOptions()
+    propagator = propagator or BackwardPropagator(graph)
+    with torch.no_grad():
+        bounds = propagate_bounds(graph, lower, upper, DefaultRelaxations, propagator, options)
+        relax = DefaultRelaxations(bounds)
+        coeffs = spec_coefficients(C, graph, lower.shape[0], lower)
+        if need_upper:
+            rows = coeffs.shape[1]
+            both = propagator.lower_bound(graph.output_name, torch.cat([coeffs, -coeffs], 1), bounds, relax)
+            return both[:, :rows], -both[:, rows:], bounds
+        return propagator.lower_bound(graph.output_name, coeffs, bounds, relax), None, bounds
