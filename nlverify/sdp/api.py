@@ -95,17 +95,19 @@ def lipschitz_bound(model: nn.Module | LipNetwork | str | Path, norm: int | str 
     scale = math.ldexp(1.0, exponent)
     product = _certified_product(net)
     sdp_value = math.sqrt(best_raw) * scale if math.isfinite(best_raw) and best_raw >= 0 else math.nan
-    if best_values is not None:
-        bound, certified_by = math.ldexp(sqrt_up(best_rho), exponent), "sdp"
-        multipliers = pack_multipliers([qc.project(v) for qc, v in zip(qcs, best_values)])
-    else:
-        bound, certified_by, multipliers, best_rho = product, "product", {}, math.nan
+    sdp_certified = math.ldexp(sqrt_up(best_rho), exponent) if best_values is not None else math.inf
+    multipliers = (pack_multipliers([qc.project(v) for qc, v in zip(qcs, best_values)])
+                   if best_values is not None else {})
+    if sdp_certified <= product:
+        bound, certified_by = sdp_certified, "sdp"
+    else:  # no proven multipliers, or (LipSDP-Layer with symmetric slopes) not better than the product
+        bound, certified_by = product, "product"
 
     start = time.perf_counter()
     lower = sampled_lower_bound(torch_model, net.input_shape, lower_samples, seed=seed) if lower_samples else 0.0
     lower_s = time.perf_counter() - start
     return LipschitzCertificate(
-        bound=bound, sdp_value=sdp_value, product_bound=product, lower_bound=lower, method=method,
+        bound=bound, sdp_certified=sdp_certified, sdp_value=sdp_value, product_bound=product, lower_bound=lower, method=method,
         solver=solver.upper(), status=status, certified_by=certified_by, norm="2",
         tolerances=tolerances, iterations=iterations, lmi_size=built.lmi_size, build_s=build_s,
         solve_s=solve_s, certify_s=certify_s, resolves=resolves, rho=best_rho,

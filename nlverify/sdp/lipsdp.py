@@ -107,15 +107,28 @@ class LipSDPProblem:
     qcs: list[LayerQC]
     build_s: float
     lmi_size: int
+    hidden_margin: cp.Parameter
 
 
 def build_lmi_problem(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC]) -> LipSDPProblem:
+    """``min rho  s.t.  M(rho, lambda) + delta E_hidden << 0``.
+
+    ``delta`` (a parameter, set per solve to the solver tolerance) keeps the hidden block of the
+    LMI *strictly* negative definite, so that the certification (which needs ``C < 0`` for the
+    Schur complement, and a strict inequality for the Cholesky proof) does not fail on solutions
+    that sit exactly on the boundary -- e.g. LipSDP-Layer, whose optimum makes the hidden blocks
+    singular. It costs O(delta) in the bound; it does not affect soundness (certification never
+    uses it).
+    """
     start = time.perf_counter()
     rho = cp.Variable(nonneg=True, name="rho")
+    delta = cp.Parameter(nonneg=True, name="hidden_margin", value=0.0)
     mat = assemble_cvx(weights, qcs, rho)
-    constraints = [mat << 0] + [c for qc in qcs for c in qc.constraints()]
+    n_in = weights[0].shape[1]
+    hidden = np.diag(np.r_[np.zeros(n_in), np.ones(mat.shape[0] - n_in)])
+    constraints = [mat + delta * hidden << 0] + [c for qc in qcs for c in qc.constraints()]
     problem = cp.Problem(cp.Minimize(rho), constraints)
-    return LipSDPProblem(problem, rho, list(qcs), time.perf_counter() - start, mat.shape[0])
+    return LipSDPProblem(problem, rho, list(qcs), time.perf_counter() - start, mat.shape[0], delta)
 
 
 def solver_options(solver: str, eps: float, max_iters: int | None) -> dict:
@@ -132,8 +145,12 @@ def solver_options(solver: str, eps: float, max_iters: int | None) -> dict:
 
 
 def solve_lmi(built: LipSDPProblem, solver: str = "SCS", eps: float = 1e-6,
-              max_iters: int | None = None, warm_start: bool = False) -> SolveResult:
-    """Solve (or re-solve, warm-started when cvxpy allows) and collect raw multipliers."""
+              max_iters: int | None = None, warm_start: bool = False,
+              hidden_margin: float | None = None) -> SolveResult:
+    """Solve (or re-solve, warm-started when cvxpy allows) and collect raw multipliers.
+
+    ``hidden_margin`` defaults to ``eps`` (see :func:`build_lmi_problem`)."""
+    built.hidden_margin.value = eps if hidden_margin is None else hidden_margin
     opts = solver_options(solver, eps, max_iters)
     start = time.perf_counter()
     try:

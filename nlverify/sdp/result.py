@@ -24,12 +24,14 @@ from .network import LipNetwork, normalized
 class LipschitzCertificate:
     """Certified upper bound and its provenance.
 
-    ``multipliers``: ``"layer{k}.{name}"`` -> array, for the normalised network (weights divided by
+    ``bound = min(sdp_certified, product_bound)`` (both proven); ``sdp_certified`` is inf when no
+    multiplier set could be proven. ``multipliers``: ``"layer{k}.{name}"`` -> array, for the normalised network (weights divided by
     ``2**e_k``, total exponent ``scale_exponent``), *before* projection; ``rho`` is the proven
     value for the normalised network, so ``bound = sqrt(rho) * 2**scale_exponent`` (rounded up).
     """
 
     bound: float
+    sdp_certified: float
     sdp_value: float
     product_bound: float
     lower_bound: float
@@ -67,6 +69,7 @@ class LipschitzCertificate:
     def to_dict(self, with_multipliers: bool = False) -> dict:
         d = asdict(self)
         d["gap"] = self.gap
+        d["sdp_certified"] = self.sdp_certified if math.isfinite(self.sdp_certified) else None
         if with_multipliers:
             d["multipliers"] = {k: v.tolist() for k, v in self.multipliers.items()}
         else:
@@ -101,7 +104,7 @@ def verify_certificate(cert: LipschitzCertificate, weights: Sequence[np.ndarray]
         net = LipNetwork(list(weights), specs)
     if cert.certified_by == "product":
         return cert.bound >= _certified_product(net)
-    if cert.norm != "2":
+    if cert.norm != "2" or not cert.multipliers:
         return False
     net_n, exponent = normalized(net)
     if exponent != cert.scale_exponent:
@@ -109,7 +112,8 @@ def verify_certificate(cert: LipschitzCertificate, weights: Sequence[np.ndarray]
     qcs = make_qcs(net_n.activations, net_n.hidden_dims, cert.method)
     values = unpack_multipliers(cert.multipliers, len(qcs))
     proof = check_rho(net_n.weights, qc_blocks(qcs, values), cert.rho)
-    return bool(proof.ok and cert.bound >= math.ldexp(sqrt_up(cert.rho), exponent))
+    sdp_bound = math.ldexp(sqrt_up(cert.rho), exponent)
+    return bool(proof.ok and cert.bound >= sdp_bound and cert.sdp_certified >= sdp_bound)
 
 
 def _certified_product(net: LipNetwork) -> float:
