@@ -42,9 +42,10 @@ def as_network(model: nn.Module | LipNetwork | str | Path, input_shape: Sequence
         if path.suffix == ".mat":
             net = from_mat(path, activation)
             return net, net.to_torch()
-        if path.suffix == ".onnx":
-            raise NotImplementedError("ONNX input awaits nlverify.frontend.load_onnx")
-        raise ValueError(f"{path}: expected a .mat weights file")
+        if path.suffix == ".onnx" or path.name.endswith(".onnx.gz"):
+            from .graph_adapter import load_onnx_network
+            return load_onnx_network(path)
+        raise ValueError(f"{path}: expected a .mat weights file or an .onnx model")
     if isinstance(model, nn.Module):
         return from_torch(model, input_shape), model
     raise TypeError(f"cannot compute a Lipschitz bound for {type(model).__name__}")

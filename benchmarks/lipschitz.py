@@ -1,0 +1,96 @@
+"""Lipschitz benchmark: certified LipSDP / MaxMin-QC bounds against published and reference values.
+
+    python benchmarks/lipschitz.py [--only NAME ...] [--out DIR] [--quick]
+
+Rows: the LipSDP README network (targets Neuron 36.482, Layer 39.839), Pauli et al.'s MaxMin MNIST
+MLPs (18fc_32: their SDP about 17432, product 73402.96), random ReLU nets 2x100 and 5x100 (input 100,
+output 10; reference optimum from an interior-point solve with Clarabel; target: SCS certified within
+0.1 % of it in <= 15 s). Prints a table and writes ``lipschitz.csv`` / ``lipschitz.json`` to DIR.
+The reference weights are read from $NLVERIFY_SHARED/lipschitz (default ../shared/lipschitz).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nlverify.sdp import from_weights, lipschitz_bound  # noqa: E402
+from nlverify.sdp.activations import RELU  # noqa: E402
+
+SHARED = Path(os.environ.get("NLVERIFY_SHARED", ROOT / ".." / "shared")) / "lipschitz"
+
+
+def random_relu(hidden_layers: int, width: int = 100, n_in: int = 100, n_out: int = 10, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    dims = [n_in] + [width] * hidden_layers + [n_out]
+    weights = [rng.normal(size=(dims[i + 1], dims[i])) / np.sqrt(dims[i]) for i in range(len(dims) - 1)]
+    return from_weights(weights, RELU)
+
+
+def cases(quick: bool):
+    lip = SHARED / "lipsdp_random_weights.mat"
+    yield "lipsdp_random/neuron", lip, dict(method="neuron"), 36.482
+    yield "lipsdp_random/layer", lip, dict(method="layer"), 39.839
+    for name in ["2fc_16", "5fc_32"] + ([] if quick else ["8fc_32", "18fc_32"]):
+        path = SHARED / f"maxmin_weights_l2_{name}.mat"
+        for method in ("maxmin-qc", "maxmin-elim"):
+            ref = 17432.0 if name == "18fc_32" and method == "maxmin-qc" else None
+            yield f"maxmin_{name}/{method}", path, dict(method=method), ref
+    for layers in (2, 5):
+        net = random_relu(layers)
+        ref = lipschitz_bound(net, solver="CLARABEL", eps=1e-9, lower_samples=0, max_resolves=0).sdp_value
+        yield f"relu_{layers}x100/neuron", net, dict(method="neuron"), ref
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", help="substrings of row names to run")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--quick", action="store_true", help="skip the 8- and 18-layer MaxMin nets")
+    args = parser.parse_args()
+    rows = []
+    header = f"{'case':28s} {'lower':>11s} {'certified':>11s} {'raw SDP':>11s} {'gap':>9s} {'product':>11s} " \
+             f"{'reference':>11s} {'vs ref':>9s} {'build':>6s} {'solve':>7s} {'cert':>6s} {'total':>7s}"
+    print(header)
+    for name, model, opts, ref in cases(args.quick):
+        if args.only and not any(s in name for s in args.only):
+            continue
+        if isinstance(model, Path) and not model.is_file():
+            print(f"{name:28s} skipped: {model} not found")
+            continue
+        start = time.perf_counter()
+        cert = lipschitz_bound(model, **opts)
+        total = time.perf_counter() - start
+        vs_ref = cert.bound / ref - 1 if ref else math.nan
+        row = dict(case=name, lower=cert.lower_bound, certified=cert.bound, sdp_certified=cert.sdp_certified,
+                   raw_sdp=cert.sdp_value, gap=cert.gap, product=cert.product_bound, reference=ref,
+                   vs_reference=vs_ref, build_s=cert.build_s, solve_s=cert.solve_s, certify_s=cert.certify_s,
+                   lower_s=cert.lower_s, total_s=total, status=cert.status, certified_by=cert.certified_by,
+                   iterations=cert.iterations, resolves=cert.resolves, lmi_size=cert.lmi_size,
+                   eps=cert.tolerances.get("eps_abs"))
+        rows.append(row)
+        print(f"{name:28s} {cert.lower_bound:11.6g} {cert.bound:11.6g} {cert.sdp_value:11.6g} {cert.gap:9.2e} "
+              f"{cert.product_bound:11.6g} {ref if ref else float('nan'):11.6g} {vs_ref:9.2e} "
+              f"{cert.build_s:6.2f} {cert.solve_s:7.2f} {cert.certify_s:6.2f} {total:7.2f}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "lipschitz.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (args.out / "lipschitz.json").write_text(json.dumps(rows, indent=2, default=float))
+    print(f"wrote {args.out / 'lipschitz.csv'} and {args.out / 'lipschitz.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

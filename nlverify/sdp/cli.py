@@ -1,0 +1,52 @@
+"""``nlverify lipschitz MODEL``: certified l2 Lipschitz bound, printed as ``lower <= certified <= product``.
+
+MODEL is a ``.mat`` weights file (cell array under ``weights`` or ``W``) or an ``.onnx`` model whose
+graph is a chain of affine ops and elementwise activations.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .methods import METHODS
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("lipschitz", help="certified upper bound on the Lipschitz constant (LipSDP)",
+                              description=__doc__)
+    p.add_argument("model", metavar="MODEL", help=".mat weights file or .onnx model")
+    p.add_argument("--norm", choices=["2", "inf"], default="2", help="input/output norm (only 2 so far)")
+    p.add_argument("--method", choices=list(METHODS) + ["auto"], default="auto")
+    p.add_argument("--solver", default="SCS", help="cvxpy solver (SCS, CLARABEL)")
+    p.add_argument("--eps", type=float, default=1e-6, help="initial solver tolerance")
+    p.add_argument("--activation", default=None,
+                   help="activation for .mat files (relu, tanh, maxmin, ...; default from the file name)")
+    p.add_argument("--samples", type=int, default=256, help="random points for the sampled lower bound")
+    p.add_argument("--json", action="store_true", help="print the certificate as JSON")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from .api import lipschitz_bound
+
+    if args.norm != "2":
+        print("nlverify lipschitz: --norm inf is not implemented yet", file=sys.stderr)
+        return 2
+    try:
+        cert = lipschitz_bound(args.model, method=args.method, solver=args.solver, eps=args.eps,
+                               activation=args.activation, lower_samples=args.samples)
+    except (ValueError, NotImplementedError, OSError) as exc:
+        print(f"nlverify lipschitz: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(cert.to_dict(), indent=2, default=float))
+        return 0
+    print(f"{cert.lower_bound:.6g} <= {cert.bound:.6g} <= {cert.product_bound:.6g}")
+    print(f"  method {cert.method}, solver {cert.solver} ({cert.status}, {cert.iterations} iterations, "
+          f"{cert.resolves} re-solves), raw SDP {cert.sdp_value:.6g}, gap {cert.gap:+.2e}, "
+          f"certified by {cert.certified_by}")
+    print(f"  build {cert.build_s:.2f} s, solve {cert.solve_s:.2f} s, certify {cert.certify_s:.2f} s, "
+          f"lower {cert.lower_s:.2f} s, LMI size {cert.lmi_size}")
+    return 0
