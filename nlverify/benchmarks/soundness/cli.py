@@ -1,0 +1,106 @@
+"""``nlverify soundness``: generate a hidden-counterexample suite, or run a verifier on one.
+
+    nlverify soundness generate OUT [--key KEYDIR] [--activations A ...] [--size small|medium] [--seed N]
+    nlverify soundness run SUITE --key KEYDIR (--vnncomp-scripts DIR | --command 'TEMPLATE')
+                           [--json] [--timeout-cap S] [--report-dir DIR]
+
+Exit codes: 0 success (``run``: no unsound claim), 1 ``run`` found unsound
+claims, 2 bad arguments or unreadable suite/key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+EXIT_OK, EXIT_UNSOUND, EXIT_USAGE = 0, 1, 2
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``soundness`` (with ``generate`` and ``run``) on an argparse subparsers object."""
+    from .models import ACTIVATIONS
+
+    parser = subparsers.add_parser("soundness", help="hidden-counterexample suites and verifier soundness checks",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="soundness_command", required=True)
+    gen = sub.add_parser("generate", help="write a suite (VNN-COMP layout) and its answer key")
+    gen.add_argument("out", type=Path, help="suite folder (onnx/, vnnlib/, instances.csv)")
+    gen.add_argument("--key", type=Path, default=None,
+                     help="answer-key folder, never given to a verifier (default: OUT.key next to OUT)")
+    gen.add_argument("--activations", nargs="+", default=list(ACTIVATIONS), choices=ACTIVATIONS, metavar="ACT",
+                     help=f"activations (default: all of {' '.join(ACTIVATIONS)})")
+    gen.add_argument("--size", choices=("small", "medium"), default="small")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--timeout", type=float, default=60.0, help="per-instance timeout written to instances.csv")
+    gen.add_argument("--quiet", action="store_true")
+    runp = sub.add_parser("run", help="run a verifier on a suite and report unsound claims")
+    runp.add_argument("suite", type=Path)
+    runp.add_argument("--key", type=Path, required=True)
+    how = runp.add_mutually_exclusive_group(required=True)
+    how.add_argument("--vnncomp-scripts", type=Path, help="folder with prepare_instance.sh and run_instance.sh")
+    how.add_argument("--command", help="command template with {onnx} {vnnlib} {result} {timeout}")
+    runp.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    runp.add_argument("--timeout-cap", type=float, default=None, help="cap every instance timeout (seconds)")
+    runp.add_argument("--category", default="nlverify_soundness", help="category passed to VNN-COMP scripts")
+    runp.add_argument("--report-dir", type=Path, default=None, help="also write report.json and report.csv here")
+    runp.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute a parsed ``soundness`` command; returns the exit code."""
+    if args.soundness_command == "generate":
+        return _generate(args)
+    return _run(args)
+
+
+def _err(message: str) -> None:
+    print(f"nlverify soundness: {message}", file=sys.stderr)
+
+
+def _generate(args) -> int:
+    from .generate import generate_suite
+
+    key = args.key or args.out.with_name(args.out.name + ".key")
+    log = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    try:
+        summary = generate_suite(args.out, key, activations=args.activations, size=args.size, seed=args.seed,
+                                 timeout=args.timeout, log=log)
+    except (ValueError, OSError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    print(f"{summary['instances']} instances ({summary['planted']} planted) in {args.out}, "
+          f"key in {key}, {summary['seconds']:.0f} s")
+    for act, counts in summary["per_activation"].items():
+        print(f"  {act:11s} planted {counts['planted']:3d}  clean {counts['clean']:3d}  "
+              f"({counts['seconds']:.0f} s)")
+    if summary["discarded"]:
+        print(f"  discarded and rebuilt: {len(summary['discarded'])} (see {key}/summary.json)")
+    return EXIT_OK
+
+
+def _run(args) -> int:
+    from .harness import format_table, run_harness, write_csv
+
+    for path, what in ((args.suite / "instances.csv", "suite"), (args.key / "key.jsonl", "key")):
+        if not path.is_file():
+            _err(f"{what}: {path} not found")
+            return EXIT_USAGE
+    log = None if args.quiet or args.json else (lambda message: print(message, file=sys.stderr, flush=True))
+    try:
+        report = run_harness(args.suite, args.key, command_template=args.command,
+                             vnncomp_scripts=args.vnncomp_scripts, timeout_cap=args.timeout_cap,
+                             category=args.category, log=log)
+    except (ValueError, OSError, KeyError) as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    if args.report_dir:
+        args.report_dir.mkdir(parents=True, exist_ok=True)
+        (args.report_dir / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        write_csv(report, args.report_dir / "report.csv")
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_table(report))
+    return EXIT_UNSOUND if report.unsound else EXIT_OK
