@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["AttackBudget", "AttackResult", "hiddenness_attack"]
+__all__ = ["AttackBudget", "AttackResult", "hiddenness_attack", "dense_equivalent"]
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,49 @@ def _check(model: nn.Module, points: torch.Tensor, label: int, input_shape, batc
     return best, best_x
 
 
+def dense_equivalent(model: nn.Sequential, input_shape: tuple[int, ...]) -> nn.Sequential:
+    """An MLP computing the same function as a ``Conv2d, act, Flatten, Linear, ...`` model
+    (up to float rounding), for fast batched attacks; other models are returned as they are.
+
+    The conv becomes a dense layer whose units are ordered pixel-major
+    (``p * C + c``), so that grouped activations (MaxMin, GroupSort), which act
+    on consecutive channels at each pixel, act on consecutive units; the next
+    layer's columns are permuted back to the channel-major flattening."""
+    layers = list(model)
+    if not isinstance(layers[0], nn.Conv2d):
+        return model
+    conv, act, flatten, nxt = layers[0], layers[1], layers[2], layers[3]
+    n = int(np.prod(input_shape))
+    with torch.no_grad():
+        basis = torch.eye(n, dtype=conv.weight.dtype).reshape(n, *input_shape)
+        columns = torch.nn.functional.conv2d(basis, conv.weight, None, conv.stride, conv.padding).reshape(n, -1)
+        channels = conv.out_channels
+        pixels = columns.shape[1] // channels
+        perm = (torch.arange(channels)[None, :] * pixels + torch.arange(pixels)[:, None]).reshape(-1)
+        first = nn.Linear(n, columns.shape[1]).to(conv.weight.dtype)
+        first.weight.copy_(columns.T[perm])
+        first.bias.copy_(conv.bias.repeat_interleave(pixels)[perm])
+        second = nn.Linear(nxt.in_features, nxt.out_features).to(nxt.weight.dtype)
+        second.weight.copy_(nxt.weight[:, perm])
+        second.bias.copy_(nxt.bias)
+    from .models import GroupSort, MaxMin
+
+    if isinstance(act, MaxMin):
+        act = MaxMin((columns.shape[1],))
+    elif isinstance(act, GroupSort):
+        act = GroupSort((columns.shape[1],), act.group)
+    del flatten
+    return nn.Sequential(first, act, second, *layers[4:]).eval()
+
+
 def hiddenness_attack(model: nn.Module, lower: np.ndarray, upper: np.ndarray, label: int,
                       input_shape: tuple[int, ...], budget: AttackBudget = AttackBudget(),
                       seed: int = 0) -> AttackResult:
-    """Run the attack on a float32 ``model`` over the flat box ``[lower, upper]``."""
+    """Run the attack on a float32 ``model`` over the flat box ``[lower, upper]``
+    (a CNN is attacked through its :func:`dense_equivalent`)."""
     started = time.perf_counter()
+    model = dense_equivalent(model, input_shape)
+    input_shape = (int(np.prod(input_shape)),)
     gen = torch.Generator().manual_seed(seed)
     lo = torch.as_tensor(np.asarray(lower, dtype=np.float32))
     hi = torch.as_tensor(np.asarray(upper, dtype=np.float32))
@@ -119,7 +157,7 @@ def hiddenness_attack(model: nn.Module, lower: np.ndarray, upper: np.ndarray, la
         best = int(margins.detach().argmax())
         if float(margins[best].detach()) >= 0:
             result.steps_run = it
-            return done("pgd", float(margins[best]), xs[best].detach())
+            return done("pgd", float(margins[best].detach()), xs[best].detach())
         result.margin = max(result.margin, float(margins[best].detach()))
         ce = torch.nn.functional.cross_entropy(y, target, reduction="none")
         objective = torch.where(use_ce, ce, margins).sum()
