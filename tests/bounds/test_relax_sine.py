@@ -86,7 +86,7 @@ def max_violation(f, lower, upper, slope, intercept, is_upper: bool) -> torch.Te
     worst = coarse.argmax(dim=1)
     left = xs.gather(1, (worst - 1).clamp(min=0)[:, None])
     right = xs.gather(1, (worst + 1).clamp(max=GRID_POINTS - 1)[:, None])
-    fine_xs = left + (right - left) * t
+    fine_xs = torch.minimum(left + (right - left) * t, right)  # rounding must not leave [l, u]
     return torch.maximum(coarse.max(dim=1).values, violations(fine_xs).max(dim=1).values)
 
 
@@ -130,7 +130,7 @@ def test_interval_encloses_image(op):
     lower, upper = random_intervals(4000, seed=5)
     low, high = op.interval(lower, upper)
     t = torch.linspace(0, 1, GRID_POINTS, dtype=torch.float64)
-    fx = op.function(lower[:, None] + (upper - lower)[:, None] * t)
+    fx = op.function(torch.minimum(lower[:, None] + (upper - lower)[:, None] * t, upper[:, None]))
     assert (low[:, None] <= fx).all() and (fx <= high[:, None]).all()
     assert (low >= -1).all() and (high <= 1).all()
     # exact up to the margin: the grid extremes are close to the returned ends on wide intervals
