@@ -159,14 +159,20 @@ class HarnessReport:
 def _validate(onnx: Path, vnnlib: Path, x: np.ndarray | None) -> tuple[bool, str, list[float] | None]:
     if x is None:
         return False, "sat without a readable (X_i v) counterexample", None
-    prop = read_property(vnnlib)
+    try:
+        prop = read_property(vnnlib)
+    except (OSError, ValueError) as exc:
+        return False, f"cannot read the property to check the counterexample: {exc}", None
     if x.size != prop.lower.size:
         return False, f"counterexample has {x.size} inputs, the property {prop.lower.size}", None
     x32 = x.astype(np.float32).astype(np.float64)
     slack = INPUT_TOL * np.maximum(1.0, np.abs(prop.lower))
     if not (np.all(x32 >= prop.lower - slack) and np.all(x32 <= prop.upper + slack)):
         return False, "counterexample is outside the input box", None
-    y = ort_outputs(onnx, x)
+    try:
+        y = ort_outputs(onnx, x)
+    except Exception as exc:  # a model we cannot run confirms nothing
+        return False, f"onnxruntime could not evaluate the model: {exc}", None
     margin = violation_margin(y, prop.label)
     if margin < 0:
         return False, f"onnxruntime output does not violate the property (margin {margin:.3g})", list(map(float, y))
