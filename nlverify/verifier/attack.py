@@ -1,0 +1,285 @@
+"""Falsification: search the input boxes for a point that violates the property.
+
+The violation margin
+--------------------
+A VNN-LIB property states its violation as ``OR_r [x in box_r AND OR_k (C_rk y <= d_rk)]``. For a
+conjunction ``C y <= d`` the *margin* is
+
+    m_k(y) = max_i (C y - d)_i ,
+
+which is ``<= 0`` exactly when every row holds. A point ``x`` of region ``r`` violates the property
+when ``min_k m_rk(f(x)) <= 0``. The attack minimises that quantity, which is piecewise smooth in ``x``.
+
+Search
+------
+* **Sampling** (cheap, low-dimensional inputs only): uniform random points of every box plus, for very
+  few inputs, all its corners; one forward pass. The best samples seed the gradient search.
+* **PGD**: many restarts in one batch (each restart belongs to one region and stays in its box), signed
+  gradient steps ``x <- clip(x - s_b * eta_t * (u - l) * sign(grad m(x)), l, u)`` with a cosine step-size
+  schedule ``eta_t`` from :attr:`AttackOptions.start_step` down to :attr:`AttackOptions.end_step` and a
+  per-restart scale ``s_b`` (coarse and fine searches side by side: small violating regions are missed
+  by large steps, far ones are not reached by small steps). Half of the restarts target one
+  conjunction each.
+
+Everything is seeded by :attr:`AttackOptions.seed` (a private ``torch.Generator``), so a run is
+reproducible on a given device. The attack only *proposes* candidates; the pipeline confirms each one
+with onnxruntime on the original ONNX file before it reports ``sat``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nlverify.verifier.spec import Spec
+
+__all__ = ["AttackOptions", "Candidate", "ViolationTensors", "violation_tensors", "violation_margin",
+           "conjunction_margins", "attack", "sample_boxes", "pgd"]
+
+
+@dataclass(frozen=True)
+class AttackOptions:
+    restarts: int = 64  # PGD restarts per round, spread evenly over the regions
+    steps: int = 100  # PGD steps per round
+    start_step: float = 0.1  # first step, as a fraction of each input's box width
+    end_step: float = 1e-4  # last step (cosine schedule in between)
+    step_scales: tuple[float, ...] = (1.0, 0.2, 0.04)  # restart b scales its steps by step_scales[b % len]
+    samples_per_region: int = 2048  # random samples per box when sampling applies
+    sample_max_inputs: int = 16  # sample only boxes of at most this many inputs
+    corner_max_inputs: int = 8  # also try all 2^n corners up to this many inputs
+    max_candidates: int = 8  # most candidates returned (best margin first)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A proposed counterexample: the flat input ``x`` (float64, inside the box of ``region``) and the
+    margin the torch model gave it (``<= 0`` means violating)."""
+
+    x: np.ndarray
+    region: int
+    margin: float
+
+
+@dataclass(frozen=True)
+class ViolationTensors:
+    """All conjunctions of all regions, padded to a common row count.
+
+    ``C``: ``(K, R, m)``, ``d``: ``(K, R)``; padding rows have ``C = 0`` and ``d = +inf`` so their
+    ``(C y - d)`` is ``-inf`` and never wins the max. ``owner[k]`` is the region of conjunction ``k``.
+    ``lower``/``upper``: ``(num_regions, n)`` input boxes.
+    """
+
+    C: Tensor
+    d: Tensor
+    owner: Tensor
+    lower: Tensor
+    upper: Tensor
+
+    @property
+    def num_regions(self) -> int:
+        return self.lower.shape[0]
+
+
+def violation_tensors(spec: Spec, dtype: torch.dtype = torch.float32,
+                      device: str | torch.device = "cpu") -> ViolationTensors:
+    """Stack a :class:`Spec` into :class:`ViolationTensors`."""
+    conjunctions = [(index, conj) for index, region in enumerate(spec.regions) for conj in region.disjuncts]
+    rows = max((conj.C.shape[0] for _, conj in conjunctions), default=1) or 1
+    C = np.zeros((len(conjunctions), rows, spec.num_outputs))
+    d = np.full((len(conjunctions), rows), np.inf)
+    for k, (_, conj) in enumerate(conjunctions):
+        C[k, :conj.C.shape[0]] = conj.C
+        d[k, :conj.C.shape[0]] = conj.d
+    lower = np.stack([region.lower for region in spec.regions])
+    upper = np.stack([region.upper for region in spec.regions])
+    as_tensor = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+    owner = torch.as_tensor([index for index, _ in conjunctions], dtype=torch.long, device=device)
+    return ViolationTensors(as_tensor(C), as_tensor(d), owner, as_tensor(lower), as_tensor(upper))
+
+
+def conjunction_margins(y: Tensor, spec: ViolationTensors) -> Tensor:
+    """``max_i (C_k y - d_k)_i`` for every point and conjunction: ``(B, K)``."""
+    rows = torch.einsum("krm,bm->bkr", spec.C, y) - spec.d  # (B, K, R)
+    return rows.max(dim=-1).values
+
+
+def violation_margin(y: Tensor, region: Tensor, spec: ViolationTensors) -> Tensor:
+    """``min_{k in region} max_i (C_k y - d_k)_i`` per point: ``y`` is ``(B, m)``, ``region`` ``(B,)``.
+
+    A region without conjunctions (a property that is trivially true there) gets ``+inf``.
+    """
+    if spec.C.shape[0] == 0:
+        return torch.full((y.shape[0],), math.inf, dtype=y.dtype, device=y.device)
+    per_conjunction = conjunction_margins(y, spec)
+    foreign = spec.owner.unsqueeze(0) != region.unsqueeze(1)
+    per_conjunction = per_conjunction.masked_fill(foreign, math.inf)
+    return per_conjunction.min(dim=-1).values
+
+
+def _uniform(lower: Tensor, upper: Tensor, generator: torch.Generator) -> Tensor:
+    noise = torch.rand(lower.shape, generator=generator, device=lower.device, dtype=lower.dtype)
+    return lower + noise * (upper - lower)
+
+
+def _corners(n: int, like: Tensor) -> Tensor:
+    """All ``2^n`` vertices of the unit cube, ``(2^n, n)`` in {0, 1}."""
+    codes = torch.arange(2 ** n, device=like.device).unsqueeze(1)
+    bits = 2 ** torch.arange(n, device=like.device)
+    return ((codes & bits) > 0).to(like.dtype)
+
+
+def _evaluate(model, x: Tensor, region: Tensor, spec: ViolationTensors, chunk: int = 8192) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([violation_margin(model.forward(x[i:i + chunk]), region[i:i + chunk], spec)
+                          for i in range(0, x.shape[0], chunk)])
+
+
+def sample_boxes(model, spec: ViolationTensors, options: AttackOptions,
+                 generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Random points (and corners, for few inputs) of every box: ``(x, region, margin)``."""
+    n = spec.lower.shape[1]
+    points, owners = [], []
+    for r in range(spec.num_regions):
+        low, up = spec.lower[r], spec.upper[r]
+        cloud = _uniform(low.expand(options.samples_per_region, n), up.expand(options.samples_per_region, n),
+                         generator)
+        if n <= options.corner_max_inputs:
+            cloud = torch.cat([cloud, low + _corners(n, low) * (up - low), ((low + up) / 2).unsqueeze(0)])
+        points.append(cloud)
+        owners.append(torch.full((cloud.shape[0],), r, dtype=torch.long, device=low.device))
+    x, region = torch.cat(points), torch.cat(owners)
+    return x, region, _evaluate(model, x, region, spec)
+
+
+def step_size(step: int, steps: int, start: float, end: float) -> float:
+    """Cosine schedule: ``end + (start - end) * (1 + cos(pi * step / steps)) / 2``."""
+    return end + (start - end) * (1.0 + math.cos(math.pi * step / max(steps, 1))) / 2.0
+
+
+def pgd(model, spec: ViolationTensors, x0: Tensor, region: Tensor, options: AttackOptions,
+        deadline: float = math.inf, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Signed-gradient descent from ``x0`` (``(B, n)``, each row in the box of ``region``).
+
+    A restart with ``target[b] = k >= 0`` descends on the margin of conjunction ``k`` alone (a targeted
+    attack: with many disjuncts, the min over them keeps switching and stalls); ``-1`` descends on the
+    full violation margin. Returns the best point and its full violation margin per restart; stops
+    early once some restart violates (margin < 0) or at ``deadline`` (``time.monotonic()``)."""
+    lower, upper = spec.lower[region], spec.upper[region]
+    width = upper - lower
+    target = torch.full_like(region, -1) if target is None else target
+    targeted = target >= 0
+    scale = torch.as_tensor(options.step_scales, dtype=x0.dtype, device=x0.device)
+    width = width * scale[torch.arange(x0.shape[0], device=x0.device) % scale.numel()].unsqueeze(1)
+    x = x0.clone()
+    best_x, best_margin = x.clone(), torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
+    for step in range(options.steps + 1):
+        with torch.enable_grad():
+            x.requires_grad_(True)
+            y = model.forward(x)
+            margin = violation_margin(y, region, spec)
+            focus = conjunction_margins(y, spec).gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)
+            objective = torch.where(targeted, focus, margin)
+            grad, = torch.autograd.grad(objective.sum(), x) if step < options.steps else (None,)
+        with torch.no_grad():
+            x = x.detach()
+            improved = margin.detach() < best_margin
+            best_margin = torch.where(improved, margin.detach(), best_margin)
+            best_x = torch.where(improved.unsqueeze(1), x, best_x)
+            if step == options.steps or bool((best_margin < 0).any()) or time.monotonic() > deadline:
+                break
+            eta = step_size(step, options.steps, options.start_step, options.end_step)
+            x = torch.minimum(torch.maximum(x - eta * width * grad.sign(), lower), upper)
+    return best_x, best_margin
+
+
+def _restart_points(spec: ViolationTensors, options: AttackOptions, generator: torch.Generator,
+                    seeds: tuple[Tensor, Tensor] | None, first_round: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Starting points ``(x, region, target)``: the box centres (first round), the best samples, the
+    rest uniform random. Half of the restarts are untargeted, the other half cycle through the
+    conjunctions of their region."""
+    per_region = max(1, math.ceil(options.restarts / spec.num_regions))
+    region = torch.arange(spec.num_regions, device=spec.lower.device).repeat_interleave(per_region)
+    x = _uniform(spec.lower[region], spec.upper[region], generator)
+    if first_round:
+        x[::per_region] = (spec.lower + spec.upper) / 2
+    if seeds is not None and seeds[0].shape[0]:
+        count = min(seeds[0].shape[0], x.shape[0] // 2)
+        x = torch.cat([seeds[0][:count], x[count:]])
+        region = torch.cat([seeds[1][:count], region[count:]])
+    return x, region, _targets(spec, region)
+
+
+def _targets(spec: ViolationTensors, region: Tensor) -> Tensor:
+    """Odd-numbered restarts target the ``j``-th conjunction of their region (``j`` counting such
+    restarts per region), even-numbered ones are untargeted (``-1``)."""
+    counts = torch.bincount(spec.owner, minlength=spec.num_regions)  # conjunctions per region
+    firsts = torch.cumsum(counts, 0) - counts  # index of each region's first conjunction
+    index = torch.arange(region.shape[0], device=region.device)
+    ordinal = index // 2
+    safe = counts[region].clamp(min=1)
+    target = firsts[region] + ordinal % safe
+    untargeted = (index % 2 == 0) | (counts[region] <= 1)
+    return torch.where(untargeted, torch.full_like(target, -1), target)
+
+
+def _to_candidates(x: Tensor, region: Tensor, margin: Tensor, spec: ViolationTensors,
+                   limit: int) -> list[Candidate]:
+    """Violating points (margin <= 0), best first, clipped to their box in float64."""
+    order = torch.argsort(margin)
+    chosen = [int(i) for i in order[:limit] if float(margin[i]) <= 0]
+    lower, upper = spec.lower.double().cpu().numpy(), spec.upper.double().cpu().numpy()
+    result = []
+    for i in chosen:
+        r = int(region[i])
+        point = np.clip(x[i].double().cpu().numpy(), lower[r], upper[r])
+        result.append(Candidate(point, r, float(margin[i])))
+    return result
+
+
+def attack(model, spec: Spec | ViolationTensors, options: AttackOptions | None = None,
+           deadline: float = math.inf, rounds: int = 1, round_offset: int = 0) -> list[Candidate]:
+    """Sampling (low-dimensional boxes) then ``rounds`` rounds of batched PGD; returns violating
+    candidates, best margin first (empty when none was found before ``deadline``).
+
+    Round ``j`` uses seed ``options.seed + round_offset + j``, so a caller can continue an earlier search
+    with fresh restarts by passing ``round_offset``.
+    """
+    options = options or AttackOptions()
+    parameter = next(iter(model_parameters(model)), None)
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    tensors = spec if isinstance(spec, ViolationTensors) else violation_tensors(spec, dtype, device)
+    if tensors.C.shape[0] == 0:
+        return []
+    seeds = None
+    for j in range(rounds):
+        generator = torch.Generator(device=device)
+        generator.manual_seed(options.seed + round_offset + j)
+        if j == 0 and round_offset == 0 and tensors.lower.shape[1] <= options.sample_max_inputs:
+            xs, rs, ms = sample_boxes(model, tensors, options, generator)
+            found = _to_candidates(xs, rs, ms, tensors, options.max_candidates)
+            if found:
+                return found
+            keep = torch.argsort(ms)[: options.restarts // 2]
+            seeds = (xs[keep], rs[keep])
+        first = j == 0 and round_offset == 0
+        x0, region, target = _restart_points(tensors, options, generator, seeds, first_round=first)
+        best_x, best_margin = pgd(model, tensors, x0, region, options, deadline, target)
+        found = _to_candidates(best_x, region, best_margin, tensors, options.max_candidates)
+        if found or time.monotonic() > deadline:
+            return found
+        seeds = None
+    return []
+
+
+def model_parameters(model):
+    """Tensors the model computes with (to pick the attack's dtype and device)."""
+    for node in model.graph:
+        for value in vars(node.op).values():
+            if isinstance(value, Tensor) and value.is_floating_point():
+                yield value

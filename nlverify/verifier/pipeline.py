@@ -1,0 +1,308 @@
+"""The verification pipeline: attack, incomplete bounds, then branch-and-bound, under one time budget.
+
+A property is violated when ``OR_r [x in box_r AND OR_k (C_rk y <= d_rk)]`` holds for some ``x``. We call a
+pair ``(r, k)`` a *problem*. It is *proved* (cannot be satisfied) when some row ``i`` of ``C_rk`` has
+
+    lower bound of (C_rk y)_i over box_r  -  d_rk,i  >  PROOF_MARGIN(d_rk,i, bound)
+
+i.e. ``(C_rk y)_i > d_rk,i`` everywhere on the box, so the conjunction can never hold. The verdict is
+
+* ``unsat`` only when every problem is proved (by CROWN, alpha-CROWN or :func:`bab`);
+* ``sat`` only with a counterexample that onnxruntime confirms on the ORIGINAL ONNX file;
+* ``timeout`` when the deadline stopped a stage, ``unknown`` when every stage ran and neither held.
+
+Proof margin
+------------
+Bounds are computed in the model's dtype (float32). A computed bound ``b`` differs from the exact
+bound of the float32 model by rounding error that grows with the magnitude of the terms summed; and the
+model onnxruntime evaluates is itself a float32 computation. We therefore demand a small positive
+slack before a row counts as proved:
+
+    PROOF_MARGIN = PROOF_ABS_TOL + PROOF_REL_TOL * max(|b|, |d|)     (1e-6 + 1e-5 relative)
+
+``1e-5`` relative is ~100 float32 unit roundoffs, the order of the accumulated error of the dot products
+in a bound of the nets we meet; rows that pass zero but not the margin are counted in
+``stats["near_miss_rows"]`` (never silently dropped). This is an engineering guard, not a rigorous
+floating-point proof.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nlverify.verifier.attack import AttackOptions, Candidate, attack, model_parameters, violation_tensors
+from nlverify.verifier.result import Verdict, validate_counterexample
+from nlverify.verifier.spec import Spec, check_against_model, parse_vnnlib
+
+__all__ = ["PROOF_ABS_TOL", "PROOF_REL_TOL", "proof_margin", "Problem", "ProblemOutcome", "PipelineOptions",
+           "VerificationResult", "verify", "verify_loaded", "bab", "rows_proved"]
+
+PROOF_ABS_TOL = 1e-6
+PROOF_REL_TOL = 1e-5
+
+
+def proof_margin(bound: Tensor, d: Tensor) -> Tensor:
+    """The slack a lower bound must exceed ``d`` by: ``PROOF_ABS_TOL + PROOF_REL_TOL * max(|b|, |d|)``."""
+    return PROOF_ABS_TOL + PROOF_REL_TOL * torch.maximum(bound.abs(), d.abs())
+
+
+def rows_proved(lower: Tensor, d: Tensor) -> Tensor:
+    """Rows whose lower bound exceeds ``d`` by more than :func:`proof_margin` (NaN never proves)."""
+    return (lower - d) > proof_margin(lower, d)
+
+
+@dataclass
+class Problem:
+    """One (region, conjunction) pair that must be shown infeasible: no ``x`` in ``[lower, upper]`` with
+    ``C f(x) <= d``. ``best_lower`` holds the best lower bound on ``C f(x)`` so far (per row)."""
+
+    region: int
+    conjunction: int
+    lower: Tensor  # (n,)
+    upper: Tensor  # (n,)
+    C: Tensor  # (m_rows, num_outputs)
+    d: Tensor  # (m_rows,)
+    best_lower: Tensor  # (m_rows,)
+
+
+@dataclass
+class ProblemOutcome:
+    """What a complete method concluded for one problem: ``proved``, or a candidate ``counterexample``
+    (to be confirmed by the pipeline), or neither (unknown)."""
+
+    proved: bool = False
+    counterexample: np.ndarray | None = None
+
+
+BabFunction = Callable[..., list[ProblemOutcome]]
+
+
+def bab(model, problems: list[Problem], time_left: float, device: str = "cpu",
+        seed: int = 0) -> list[ProblemOutcome]:
+    """Extension point for branch-and-bound: receive the problems the incomplete bounds left open and the
+    seconds left, return one :class:`ProblemOutcome` per problem. This placeholder proves nothing."""
+    return [ProblemOutcome() for _ in problems]
+
+
+@dataclass
+class PipelineOptions:
+    attack: AttackOptions = field(default_factory=lambda: AttackOptions(restarts=128, steps=150))
+    extra_attack_rounds: int = 4  # PGD rounds after the bounds failed to prove everything
+    alpha_iterations: int = 30
+    use_alpha: bool = True
+    max_rows_per_call: int = 4096  # boxes x rows per bound call (memory guard)
+    bab: BabFunction | None = None  # defaults to :func:`bab`
+
+
+@dataclass
+class VerificationResult:
+    verdict: Verdict
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, object] = field(default_factory=dict)
+    message: str = ""
+
+
+class _Clock:
+    def __init__(self, timeout: float) -> None:
+        self.start = time.monotonic()
+        self.deadline = self.start + timeout
+        self.timings: dict[str, float] = {}
+        self._mark = self.start
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.left() <= 0
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self._mark
+        self._mark = now
+
+
+def _confirm(model_path: str, spec: Spec, candidates: list[Candidate],
+             stats: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first candidate onnxruntime confirms on the original file, or None."""
+    for candidate in candidates:
+        ok, y, _ = validate_counterexample(model_path, spec, candidate.x)
+        if ok:
+            return candidate.x, y
+        stats["rejected_candidates"] = stats.get("rejected_candidates", 0) + 1
+    return None
+
+
+def model_dtype(model) -> torch.dtype:
+    """The floating dtype the model computes in (float32 unless its parameters say otherwise)."""
+    parameter = next(iter(model_parameters(model)), None)
+    return parameter.dtype if parameter is not None else torch.float32
+
+
+def _problems(spec: Spec, dtype: torch.dtype, device) -> list[Problem]:
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
+    return [Problem(r, k, as_tensor(region.lower), as_tensor(region.upper), as_tensor(conj.C), as_tensor(conj.d),
+                    torch.full((conj.C.shape[0],), -math.inf, dtype=dtype, device=device))
+            for r, region in enumerate(spec.regions) for k, conj in enumerate(region.disjuncts)]
+
+
+def _batches(problems: list[Problem], max_rows: int) -> list[list[list[Problem]]]:
+    """Group problems by region (one box each) and pack whole regions into calls of at most ``max_rows``
+    boxes x rows (a region bigger than that is a call on its own)."""
+    by_region: dict[int, list[Problem]] = {}
+    for problem in problems:
+        by_region.setdefault(problem.region, []).append(problem)
+    calls: list[list[list[Problem]]] = [[]]
+    for group in by_region.values():
+        candidate = calls[-1] + [group]
+        rows = max(sum(p.C.shape[0] for p in g) for g in candidate) * len(candidate)
+        if calls[-1] and rows > max_rows:
+            calls.append([group])
+        else:
+            calls[-1] = candidate
+    return [call for call in calls if call]
+
+
+def _bound_call(model, call: list[list[Problem]], method: str, options: PipelineOptions) -> None:
+    """One batched bound computation: B = regions in the call, S = the most rows any of them has (shorter
+    ones padded with zero rows, ignored). Updates each problem's ``best_lower``."""
+    rows = max(sum(p.C.shape[0] for p in group) for group in call)
+    first = call[0][0]
+    C = first.C.new_zeros(len(call), rows, first.C.shape[1])
+    for b, group in enumerate(call):
+        stacked = torch.cat([p.C for p in group])
+        C[b, :stacked.shape[0]] = stacked
+    lower = torch.stack([group[0].lower for group in call])
+    upper = torch.stack([group[0].upper for group in call])
+    if method == "crown":
+        from nlverify.bounds.crown import CrownOptions, crown
+
+        low, _, _ = crown(model.graph, lower, upper, C, CrownOptions(), model.propagator, need_upper=False)
+    else:
+        from nlverify.bounds.alpha import AlphaOptions, alpha_crown
+
+        low, _, _, _ = alpha_crown(model.graph, lower, upper, C, AlphaOptions(iterations=options.alpha_iterations),
+                                   propagator=model.propagator, need_upper=False)
+    for b, group in enumerate(call):
+        start = 0
+        for problem in group:
+            m = problem.C.shape[0]
+            problem.best_lower = torch.maximum(problem.best_lower, low[b, start:start + m].detach())
+            start += m
+
+
+def _is_proved(problem: Problem) -> bool:
+    return bool(rows_proved(problem.best_lower, problem.d).any())
+
+
+def _near_misses(problems: list[Problem]) -> int:
+    """Rows whose bound is above ``d`` but within the proof margin (reported, not counted as proofs)."""
+    return sum(int(((p.best_lower > p.d) & ~rows_proved(p.best_lower, p.d)).sum()) for p in problems)
+
+
+def _bound_stage(model, problems: list[Problem], method: str, options: PipelineOptions,
+                 clock: _Clock) -> tuple[list[Problem], bool]:
+    """Run ``method`` on the open problems; returns those still open and whether the deadline hit."""
+    for call in _batches(problems, options.max_rows_per_call):
+        if clock.expired():
+            return [p for p in problems if not _is_proved(p)], True
+        _bound_call(model, call, method, options)
+    return [p for p in problems if not _is_proved(p)], False
+
+
+def verify(model_path: str | Path, spec_path: str | Path, timeout: float, device: str = "cpu", seed: int = 0,
+           options: PipelineOptions | None = None) -> VerificationResult:
+    """Load the model (``.onnx``/``.onnx.gz``) and property (``.vnnlib``/``.vnnlib.gz``) and verify.
+
+    Raises ``ModelError`` / ``SpecError`` / ``FileNotFoundError`` for bad input (before any verdict).
+    ``timeout`` (seconds, > 0) covers everything, loading included.
+    """
+    from nlverify.model import load_onnx
+
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    clock = _Clock(timeout)
+    for path in (model_path, spec_path):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+    model = load_onnx(model_path)
+    spec = parse_vnnlib(spec_path)
+    check_against_model(spec, model.num_inputs, model.num_outputs)
+    model.to(device=device)
+    clock.lap("load")
+    return verify_loaded(model, str(model_path), spec, clock, device, seed, options)
+
+
+def verify_loaded(model, model_path: str, spec: Spec, clock: _Clock | float, device: str = "cpu",
+                  seed: int = 0, options: PipelineOptions | None = None) -> VerificationResult:
+    """The pipeline on an already loaded model and spec (``clock``: a :class:`_Clock` or seconds)."""
+    options = options or PipelineOptions()
+    clock = clock if isinstance(clock, _Clock) else _Clock(float(clock))
+    stats: dict[str, object] = {"regions": len(spec.regions),
+                                "problems": sum(len(r.disjuncts) for r in spec.regions)}
+    attack_options = AttackOptions(**{**vars(options.attack), "seed": seed})
+
+    def finish(verdict: Verdict, found=None, message: str = "") -> VerificationResult:
+        clock.lap("finish")
+        x, y = found if found is not None else (None, None)
+        return VerificationResult(verdict, x, y, dict(clock.timings), stats, message)
+
+    dtype = model_dtype(model)
+    with torch.no_grad():
+        tensors = violation_tensors(spec, dtype, device)
+    # 1. attack
+    found = _confirm(model_path, spec, attack(model, tensors, attack_options, clock.deadline), stats)
+    clock.lap("attack")
+    if found is not None:
+        return finish(Verdict.SAT, found, "counterexample found by the attack")
+    if clock.expired():
+        return finish(Verdict.TIMEOUT)
+    # 2. incomplete bounds: CROWN on everything, alpha-CROWN on what is left
+    problems = _problems(spec, dtype, device)
+    open_problems = problems
+    stages = ["crown"] + (["alpha-crown"] if options.use_alpha else [])
+    for method in stages:
+        if not open_problems:
+            break
+        open_problems, hit = _bound_stage(model, open_problems, method, options, clock)
+        clock.lap(method)
+        stats[f"open_after_{method}"] = len(open_problems)
+        if hit:
+            stats["near_miss_rows"] = _near_misses(problems)
+            return finish(Verdict.TIMEOUT)
+    stats["near_miss_rows"] = _near_misses(problems)
+    if not open_problems:
+        return finish(Verdict.UNSAT, message="every disjunct proved by bound propagation")
+    # 3. branch and bound on what is left
+    if clock.expired():
+        return finish(Verdict.TIMEOUT)
+    outcomes = (options.bab or bab)(model, open_problems, clock.left(), device=device, seed=seed)
+    clock.lap("bab")
+    proposed = [Candidate(np.asarray(o.counterexample, dtype=np.float64), p.region, 0.0)
+                for p, o in zip(open_problems, outcomes) if o.counterexample is not None]
+    found = _confirm(model_path, spec, proposed, stats)
+    if found is not None:
+        return finish(Verdict.SAT, found, "counterexample found by branch and bound")
+    open_problems = [p for p, o in zip(open_problems, outcomes) if not o.proved]
+    stats["open_after_bab"] = len(open_problems)
+    if not open_problems:
+        return finish(Verdict.UNSAT, message="every disjunct proved (bounds and branch and bound)")
+    # 4. more falsification with fresh restarts while the budget lasts
+    if options.extra_attack_rounds > 0 and not clock.expired():
+        candidates = attack(model, tensors, attack_options, clock.deadline, rounds=options.extra_attack_rounds,
+                            round_offset=1)
+        found = _confirm(model_path, spec, candidates, stats)
+        clock.lap("attack")
+        if found is not None:
+            return finish(Verdict.SAT, found, "counterexample found by the extended attack")
+    if clock.expired():
+        return finish(Verdict.TIMEOUT)
+    return finish(Verdict.UNKNOWN, message=f"{len(open_problems)} of {stats['problems']} disjuncts not proved")
