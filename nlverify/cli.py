@@ -39,7 +39,9 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, just that subcommand (its module alone is imported: start-up of
+    ``nlverify verify`` should not pay for cvxpy)."""
     parser = argparse.ArgumentParser(
         prog="nlverify",
         description="Sound verification of neural networks over general nonlinearities.",
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="nlverify " + _version())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            continue
         try:
             import_module(module).add_parser(subparsers)
         except ImportError:
@@ -62,7 +66,8 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(words[0] if words and words[0] in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
