@@ -181,7 +181,8 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
         if node.kind == "input":
             continue
         low, up = node_interval(node, [bounds[i] for i in node.inputs])
-        if node.name in needed and node.size <= options.max_crown_neurons and _has_nonlinear_ancestor(propagator, node):
+        if (node.name in needed and node.size <= options.max_crown_neurons and not getattr(node.op, "selects", False)
+                and _has_nonlinear_ancestor(propagator, node)):
             coeffs = identity_coefficients(node.shape, batch, low)
             both = propagator.lower_bound(node.name, coeffs, bounds, relaxation_for)
             n = node.size

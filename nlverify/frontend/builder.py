@@ -64,12 +64,14 @@ class GraphBuilder:
         if len(graph.output) != 1:
             raise ModelError(f"expected exactly one model output, found {len(graph.output)}")
 
+        for node in graph.node:  # Constant nodes first, so that pattern matching can read them
+            if node.op_type == "Constant":
+                self.constants[node.output[0]] = _constant_value(node)
         gelus = find_gelu_patterns(graph, self.constants.get)
         skipped = {n for m in gelus for n in m.nodes}
         gelu_at = {m.output: m for m in gelus}
         for node in graph.node:
             if node.op_type == "Constant":
-                self.constants[node.output[0]] = _constant_value(node)
                 continue
             if id_of(node) in skipped:
                 for out in node.output:

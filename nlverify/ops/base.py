@@ -43,6 +43,9 @@ class LinearOp(Op):
     """
 
     kind = "linear"
+    # True when every output entry is a copy of one input entry or a constant: IBP through such an op
+    # is exact, so a tighter method has nothing to add once its inputs are bounded.
+    selects = False
 
     def forward_abs(self, *radii: Tensor) -> Tensor:
         raise NotImplementedError
@@ -60,6 +63,22 @@ class LinearOp(Op):
         """The constant term ``forward(0)`` as a tensor of shape ``(1, *out_shape)``."""
         zeros = [torch.zeros(1, *shape, dtype=like.dtype, device=like.device) for shape in input_shapes]
         return self.forward(*zeros)
+
+
+def unbroadcast(coeffs: Tensor, shape: Sequence[int]) -> Tensor:
+    """Sum ``coeffs`` of shape ``(B, S, *out)`` down to ``(B, S, *shape)`` where the forward op broadcast
+    an input of per-sample ``shape`` up to ``out`` (the transpose of broadcasting is summation)."""
+    target = tuple(shape)
+    out = tuple(coeffs.shape[2:])
+    if out == target:
+        return coeffs
+    extra = len(out) - len(target)
+    if extra > 0:
+        coeffs = coeffs.sum(dim=tuple(range(2, 2 + extra)))
+    axes = tuple(2 + i for i, (o, t) in enumerate(zip(coeffs.shape[2:], target)) if t == 1 and o != 1)
+    if axes:
+        coeffs = coeffs.sum(dim=axes, keepdim=True)
+    return coeffs
 
 
 class UnaryOp(Op):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nlverify.ops.base import LinearOp
+from nlverify.ops.base import LinearOp, unbroadcast
 
 
 class MatMulConst(LinearOp):
@@ -68,6 +68,19 @@ class ConvOp(LinearOp):
     def forward_abs(self, radius: Tensor) -> Tensor:
         return self._conv(radius, self.weight.abs(), None)
 
+    def backward(self, coeffs: Tensor, input_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
+        """The transpose of a convolution is the transposed convolution with the same weight; the
+        output padding restores input sizes that the stride rounded away."""
+        dims = self.spatial_dims
+        in_shape = tuple(input_shapes[0])
+        flat = coeffs.reshape(-1, *coeffs.shape[coeffs.dim() - dims - 1:])
+        produced = [(o - 1) * s - 2 * p + d * (k - 1) + 1 for o, s, p, d, k in
+                    zip(flat.shape[2:], self.stride, self.padding, self.dilation, self.weight.shape[2:])]
+        output_padding = [want - got for want, got in zip(in_shape[-dims:], produced)]
+        fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[dims]
+        out = fn(flat, self.weight, None, self.stride, self.padding, output_padding, self.groups, self.dilation)
+        return [out.reshape(*coeffs.shape[:2], *in_shape)]
+
     def describe(self) -> str:
         return f"Conv{tuple(self.weight.shape)}"
 
@@ -99,6 +112,15 @@ class ConvTransposeOp(LinearOp):
     def forward_abs(self, radius: Tensor) -> Tensor:
         return self._deconv(radius, self.weight.abs(), None)
 
+    def backward(self, coeffs: Tensor, input_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
+        """The transpose of a transposed convolution is the convolution with the same weight."""
+        dims = self.weight.dim() - 2
+        in_shape = tuple(input_shapes[0])
+        flat = coeffs.reshape(-1, *coeffs.shape[coeffs.dim() - dims - 1:])
+        fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+        out = fn(flat, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        return [out.reshape(*coeffs.shape[:2], *in_shape)]
+
     def describe(self) -> str:
         return f"ConvTranspose{tuple(self.weight.shape)}"
 
@@ -119,6 +141,10 @@ class ElementwiseAffine(LinearOp):
 
     def forward_abs(self, radius: Tensor) -> Tensor:
         return radius if self.scale is None else radius * self.scale.abs()
+
+    def backward(self, coeffs: Tensor, input_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
+        scaled = coeffs if self.scale is None else coeffs * self.scale
+        return [unbroadcast(scaled, input_shapes[0])]
 
     def describe(self) -> str:
         return "ElementwiseAffine"
@@ -141,6 +167,9 @@ class LinearCombination(LinearOp):
         for c, r in zip(self.coefficients[1:], radii[1:]):
             total = total + abs(c) * r
         return total
+
+    def backward(self, coeffs: Tensor, input_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
+        return [unbroadcast(coeffs * c, shape) for c, shape in zip(self.coefficients, input_shapes)]
 
     def describe(self) -> str:
         return f"LinearCombination{self.coefficients}"

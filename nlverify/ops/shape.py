@@ -12,6 +12,8 @@ from nlverify.ops.base import LinearOp
 class _Permutation(LinearOp):
     """Ops whose linear part has 0/1 coefficients and no offset, so ``|L| = L``."""
 
+    selects = True
+
     def forward_abs(self, *radii: Tensor) -> Tensor:
         return self.forward(*radii)
 
@@ -25,6 +27,9 @@ class ReshapeOp(_Permutation):
     def forward(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], *self.shape)
 
+    def backward(self, coeffs: Tensor, input_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
+        return [coeffs.reshape(*coeffs.shape[:2], *input_shapes[0])]
+
     def describe(self) -> str:
         return f"Reshape{self.shape}"
 
@@ -35,6 +40,13 @@ class TransposeOp(_Permutation):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.permute(*self.perm)
+
+    def backward(self, coeffs: Tensor, input_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
+        inverse = [0] * len(self.perm)
+        for position, axis in enumerate(self.perm):
+            inverse[axis] = position
+        # coefficient tensors carry one more leading axis (the rows) than activations
+        return [coeffs.permute(0, 1, *(i + 1 for i in inverse[1:]))]
 
 
 class SliceOp(_Permutation):
@@ -47,6 +59,13 @@ class SliceOp(_Permutation):
         if any(s.step is not None and s.step < 0 for s in self.slices):
             return _negative_step_slice(x, self.slices)
         return x[self.slices]
+
+    def backward(self, coeffs: Tensor, input_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
+        if any(s.step is not None and s.step < 0 for s in self.slices):
+            return super().backward(coeffs, input_shapes)
+        full = coeffs.new_zeros(*coeffs.shape[:2], *input_shapes[0])
+        full[(slice(None),) + self.slices] = coeffs
+        return [full]
 
 
 def _negative_step_slice(x: Tensor, slices: Sequence[slice]) -> Tensor:
@@ -87,6 +106,8 @@ class ConcatOp(LinearOp):
     """ONNX Concat along ``axis``; ``parts`` lists, per piece, either None (the next variable input) or a
     constant tensor (per-sample shape), so constants keep their place and become the offset."""
 
+    selects = True
+
     def __init__(self, parts: Sequence[Tensor | None], axis: int) -> None:
         self.parts = list(parts)
         self.axis = axis + 1 if axis >= 0 else axis
@@ -106,6 +127,16 @@ class ConcatOp(LinearOp):
     def forward(self, *xs: Tensor) -> Tensor:
         return self._assemble(xs, 1.0)
 
+    def backward(self, coeffs: Tensor, input_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
+        # coefficients carry the rows axis too; per-sample shapes lack the batch axis
+        axis = self.axis + 1 if self.axis > 0 else self.axis
+        sample_axis = self.axis - 1 if self.axis > 0 else self.axis
+        sizes, shapes = [], iter(input_shapes)
+        for part in self.parts:
+            sizes.append(next(shapes)[sample_axis] if part is None else part.shape[sample_axis])
+        pieces = torch.split(coeffs, sizes, dim=axis)
+        return [piece for piece, part in zip(pieces, self.parts) if part is None]
+
     def forward_abs(self, *radii: Tensor) -> Tensor:
         return self._assemble(radii, 0.0)
 
@@ -117,6 +148,8 @@ class ConcatOp(LinearOp):
 class SelectOp(LinearOp):
     """ONNX Where with a constant condition: ``y = mask * a + (1 - mask) * b``, where each branch is a
     variable input or a constant (``None`` in ``constants`` marks a variable branch)."""
+
+    selects = True
 
     def __init__(self, mask: Tensor, constants: Sequence[Tensor | None]) -> None:
         self.mask = mask
