@@ -1,0 +1,92 @@
+"""The verification pipeline: verdicts on tiny models with known answers and on the `test` benchmark."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nlverify.verifier.pipeline import (
+    PROOF_ABS_TOL, PipelineOptions, ProblemOutcome, rows_proved, verify,
+)
+from nlverify.verifier.result import Verdict, validate_counterexample
+from nlverify.verifier.spec import parse_vnnlib
+from verifier_models import SAT_DISJUNCTION_SPEC, SAT_SPEC, TEST_SUITE, UNSAT_SPEC, relu_net, write
+
+pytest.importorskip("onnx")
+needs_benchmarks = pytest.mark.skipif(not (TEST_SUITE / "instances.csv").is_file(),
+                                      reason=f"benchmarks not found at {TEST_SUITE}")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipeline")
+    relu_net(path / "relu.onnx")
+    return path
+
+
+def test_proof_margin_is_strict_and_named():
+    d = torch.tensor([0.0, 0.0, 0.0, 1000.0])
+    lower = torch.tensor([PROOF_ABS_TOL / 2, 1e-3, float("nan"), 1000.001])
+    assert rows_proved(lower, d).tolist() == [False, True, False, False]
+
+
+def test_unsat_is_proved(folder):
+    result = verify(folder / "relu.onnx", write(folder / "unsat.vnnlib", UNSAT_SPEC), timeout=30)
+    assert result.verdict is Verdict.UNSAT and result.x is None
+    assert {"load", "attack", "crown"} <= set(result.timings)
+
+
+@pytest.mark.parametrize("name,text", [("sat", SAT_SPEC), ("disjunction", SAT_DISJUNCTION_SPEC)])
+def test_sat_has_a_confirmed_counterexample(folder, name, text):
+    spec_path = write(folder / f"{name}.vnnlib", text)
+    result = verify(folder / "relu.onnx", spec_path, timeout=30)
+    assert result.verdict is Verdict.SAT
+    assert validate_counterexample(folder / "relu.onnx", parse_vnnlib(spec_path), result.x)[0]
+    assert result.y[0] >= 1.9 - 1e-6
+
+
+def test_bab_hook_receives_open_problems_and_unknown_without_proof(folder):
+    """A property CROWN cannot prove (y >= 2.5 needs branching) reaches the hook; a hook that proves
+    nothing leaves the verdict unknown, one that proves everything gives unsat."""
+    spec_path = write(folder / "hard.vnnlib", UNSAT_SPEC.replace("3.5", "2.5"))
+    seen = []
+
+    def hook(model, problems, time_left, device="cpu", seed=0):
+        seen.append((len(problems), time_left))
+        return [ProblemOutcome() for _ in problems]
+
+    fast = PipelineOptions(bab=hook, extra_attack_rounds=0, alpha_iterations=5)
+    result = verify(folder / "relu.onnx", spec_path, timeout=30, options=fast)
+    assert result.verdict is Verdict.UNKNOWN and seen and seen[0][0] == 1 and seen[0][1] > 0
+    proving = PipelineOptions(bab=lambda m, p, t, **k: [ProblemOutcome(proved=True) for _ in p],
+                              extra_attack_rounds=0, alpha_iterations=5)
+    assert verify(folder / "relu.onnx", spec_path, timeout=30, options=proving).verdict is Verdict.UNSAT
+
+
+def test_a_wrong_counterexample_from_bab_is_not_reported(folder):
+    spec_path = write(folder / "hard2.vnnlib", UNSAT_SPEC.replace("3.5", "2.5"))
+    lying = PipelineOptions(bab=lambda m, p, t, **k: [ProblemOutcome(counterexample=np.zeros(2)) for _ in p],
+                            extra_attack_rounds=0, alpha_iterations=5)
+    result = verify(folder / "relu.onnx", spec_path, timeout=30, options=lying)
+    assert result.verdict is Verdict.UNKNOWN and result.stats["rejected_candidates"] == 1
+
+
+def test_tiny_timeout_gives_timeout_not_a_wrong_verdict(folder):
+    result = verify(folder / "relu.onnx", write(folder / "t.vnnlib", SAT_SPEC), timeout=1e-9)
+    assert result.verdict in (Verdict.TIMEOUT, Verdict.SAT)
+
+
+@needs_benchmarks
+@pytest.mark.parametrize("onnx_name,vnnlib_name,expected", [
+    ("test_nano.onnx", "test_nano.vnnlib", Verdict.UNSAT),
+    ("test_tiny.onnx", "test_tiny.vnnlib", Verdict.UNSAT),
+    ("test_small.onnx", "test_small.vnnlib", Verdict.UNSAT),
+    ("test_sat.onnx", "test_prop.vnnlib", Verdict.SAT),
+    ("test_unsat.onnx", "test_prop.vnnlib", Verdict.UNSAT),
+])
+def test_benchmark_test_suite(onnx_name, vnnlib_name, expected):
+    result = verify(TEST_SUITE / onnx_name, TEST_SUITE / vnnlib_name, timeout=60)
+    assert result.verdict is expected
+    if expected is Verdict.SAT:
+        spec = parse_vnnlib(TEST_SUITE / vnnlib_name)
+        assert validate_counterexample(TEST_SUITE / onnx_name, spec, result.x)[0]
