@@ -41,7 +41,8 @@ class InstanceResult:
     vnnlib: str
     timeout: float
     result: str  # sat / unsat / unknown / timeout / error
-    time_s: float
+    time_s: float  # wall clock of the whole process, start-up included
+    verifier_s: float  # the verifier's own reported time (its budget clock), -1 when not reported
     exit_code: int
     peak_rss_mb: float
     expected: str = ""
@@ -135,26 +136,40 @@ def run_instance(instance: Instance, cap: float | None, extra_args: Iterable[str
                    str(instance.folder / instance.vnnlib), "--timeout", f"{budget:g}",
                    "--result-file", str(result_path), *extra_args]
         start = time.monotonic()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                   start_new_session=True)
-        code, rss = _wait(process, budget + GRACE_S)
-        note = ""
-        if code is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            code, rss = _wait(process, 5.0)
-            verdict, note = "timeout", "killed at the hard limit"
-        else:
-            verdict = _verdict_of(result_path) if result_path.is_file() else "error"
-        elapsed = time.monotonic() - start
-        stderr = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
-        if process.stderr:
-            process.stderr.close()
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            process = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True)
+            code, rss, verdict, note = _collect(process, budget, result_path)
+            elapsed = time.monotonic() - start
+            out.seek(0), err.seek(0)
+            stdout, stderr = (f.read().decode(errors="replace").strip() for f in (out, err))
         if verdict == "error" and not note:
             note = stderr.splitlines()[-1] if stderr else f"exit code {code}"
         if verdict == "sat":
             note = _check_counterexample(instance, result_path) or note
     return InstanceResult(instance.benchmark, instance.onnx, instance.vnnlib, instance.timeout, verdict,
-                          round(elapsed, 3), -1 if code is None else code, round(rss, 1), note=note)
+                          round(elapsed, 3), _reported_time(stdout), -1 if code is None else code, round(rss, 1),
+                          note=note)
+
+
+def _reported_time(stdout: str) -> float:
+    """The ``time: X s`` line ``nlverify verify`` prints, or -1."""
+    for line in stdout.splitlines():
+        if line.startswith("time:"):
+            try:
+                return float(line.split()[1].rstrip("s"))
+            except (IndexError, ValueError):
+                return -1.0
+    return -1.0
+
+
+def _collect(process: subprocess.Popen, budget: float, result_path: Path) -> tuple[int | None, float, str, str]:
+    """Wait under the hard limit (killing the process group past it): ``(code, rss, verdict, note)``."""
+    code, rss = _wait(process, budget + GRACE_S)
+    if code is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        code, rss = _wait(process, 5.0)
+        return code, rss, "timeout", "killed at the hard limit"
+    return code, rss, _verdict_of(result_path) if result_path.is_file() else "error", ""
 
 
 class CsvLog:
@@ -214,18 +229,21 @@ STATUSES = ("verified", "falsified", "unknown", "timeout", "error", "WRONG")
 
 
 def summary_table(results: list[InstanceResult]) -> str:
-    """Per benchmark: counts per status, total and median time; then every WRONG instance, loudly."""
+    """Per benchmark: counts per status, total and median wall time (start-up included), median time the
+    verifier itself reported; then every WRONG instance, loudly."""
     by_benchmark: dict[str, list[InstanceResult]] = {}
     for r in results:
         by_benchmark.setdefault(r.benchmark, []).append(r)
-    header = f"{'benchmark':<14}{'n':>4}" + "".join(f"{s:>10}" for s in STATUSES) + f"{'total_s':>10}{'median_s':>10}"
+    header = f"{'benchmark':<14}{'n':>4}" + "".join(f"{s:>10}" for s in STATUSES) + f"{'total_s':>10}{'median_s':>10}{'med_verif_s':>12}"
     lines = [header, "-" * len(header)]
     groups = list(by_benchmark.items()) + ([("ALL", results)] if len(by_benchmark) > 1 else [])
     for name, group in groups:
         counts = [sum(r.status == s for r in group) for s in STATUSES]
         times = [r.time_s for r in group]
+        own = [r.verifier_s for r in group if r.verifier_s >= 0]
         lines.append(f"{name:<14}{len(group):>4}" + "".join(f"{c:>10}" for c in counts)
-                     + f"{sum(times):>10.1f}{statistics.median(times) if times else 0:>10.2f}")
+                     + f"{sum(times):>10.1f}{statistics.median(times) if times else 0:>10.2f}"
+                     + f"{statistics.median(own) if own else -1:>12.2f}")
     wrong = [r for r in results if r.status == "WRONG"]
     if wrong:
         lines.append("")

@@ -43,10 +43,11 @@ def test_bench_on_test_folder(tmp_path, capsys):
     table = [line for line in printed.splitlines() if line.startswith("test ")]
     assert table and table[-1].split()[1:8] == ["5", "4", "1", "0", "0", "0", "0"]
     assert "WRONG ANSWER" not in printed
+    assert all(float(r["verifier_s"]) >= 0 for r in rows)
 
 
 def test_summary_flags_wrong_answers_loudly():
     from nlverify.benchmarks.runner import InstanceResult
 
-    wrong = InstanceResult("b", "m.onnx", "p.vnnlib", 10, "unsat", 1.0, 0, 0.0, "sat", "WRONG")
+    wrong = InstanceResult("b", "m.onnx", "p.vnnlib", 10, "unsat", 1.0, 0.5, 0, 0.0, "sat", "WRONG")
     assert "1 WRONG ANSWER" in summary_table([wrong])
