@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from nlverify.bounds.crown import (
-    BackwardPropagator, CrownOptions, propagate_bounds, relax_node, spec_coefficients,
+    INFEASIBLE, BackwardPropagator, BetaTerms, CrownOptions, SplitConstraints, close_infeasible,
+    propagate_bounds, relax_node, spec_coefficients,
 )
 from nlverify.bounds.interval import Bounds
 from nlverify.bounds.relax import binary_relaxation, unary_relaxation
@@ -70,10 +71,14 @@ class AlphaRelaxations:
 def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = None,
                 options: AlphaOptions | None = None, alphas: dict[AlphaKey, Tensor] | None = None,
                 propagator: BackwardPropagator | None = None, need_upper: bool = True,
+                splits: SplitConstraints | None = None, betas: BetaTerms | None = None,
                 ) -> tuple[Tensor, Tensor | None, dict[str, Bounds], dict[AlphaKey, Tensor]]:
     """Optimised bounds of ``C y``: ``(lower (B,S), upper (B,S) or None, node boxes, alphas)``.
 
-    ``alphas`` warm-starts the parameters (entries must match the batch and row counts).
+    ``alphas`` warm-starts the parameters (entries must match the batch and row counts). With
+    ``splits`` (branch-and-bound domains), the split constraints also get multipliers ``beta >= 0``
+    (see :class:`~nlverify.bounds.crown.SplitConstraints`), optimised jointly with alpha; ``betas``
+    warm-starts them, and the final betas are returned in the alphas dict under keys ``("beta", node)``.
     """
     options = options or AlphaOptions()
     propagator = propagator or BackwardPropagator(graph)
@@ -89,7 +94,15 @@ def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = N
     optimise = {graph.output_name}
     if options.optimize_intermediate:
         optimise |= set(rows)
-    alphas = {k: v.detach().clone().requires_grad_(True) for k, v in (alphas or {}).items()}
+    alphas = {k: v.detach().clone().requires_grad_(True) for k, v in (alphas or {}).items() if k[0] != "beta"}
+    beta_terms: BetaTerms = {}
+    if splits is not None:
+        for name in splits.nodes():
+            shape = (batch, rows_out, *graph.nodes[name].shape)
+            warm = (betas or {}).get(name)
+            pair = warm if warm is not None else (lower.new_zeros(shape), lower.new_zeros(shape))
+            beta_terms[name] = tuple(b.detach().clone().requires_grad_(True) for b in pair)
+    parameters = lambda: list(alphas.values()) + [b for pair in beta_terms.values() for b in pair]
 
     best = None
     best_bounds: dict[str, Bounds] = {}
@@ -102,19 +115,20 @@ def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = N
                 relaxations.append(AlphaRelaxations(bounds, alphas, rows, optimise))
                 return relaxations[-1]
 
-            bounds = propagate_bounds(graph, lower, upper, factory, propagator, options.crown)
+            bounds = propagate_bounds(graph, lower, upper, factory, propagator, options.crown, splits)
             relax = factory(bounds) if not relaxations else relaxations[0]
-            result = propagator.lower_bound(graph.output_name, coeffs, bounds, relax)
-        detached = result.detach()
+            result = propagator.lower_bound(graph.output_name, coeffs, bounds, relax, splits, beta_terms)
+        infeasible = bounds.pop(INFEASIBLE, None)
+        detached = close_infeasible(result.detach(), {INFEASIBLE: infeasible} if infeasible is not None else {})
         if best is None:
             best = detached.clone()
             best_bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
         else:
             best = torch.maximum(best, detached)
-        if iteration == options.iterations or not alphas:
+        if iteration == options.iterations or not parameters():
             break
         if optimiser is None:
-            optimiser = torch.optim.Adam(list(alphas.values()), lr=options.learning_rate)
+            optimiser = torch.optim.Adam(parameters(), lr=options.learning_rate)
             scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, options.lr_decay)
         loss = -result.sum()
         optimiser.zero_grad(set_to_none=True)
@@ -124,10 +138,14 @@ def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = N
         with torch.no_grad():
             for value in alphas.values():
                 value.clamp_(0.0, 1.0)
+            for pair in beta_terms.values():
+                for value in pair:
+                    value.clamp_(min=0.0)
         # Intermediate boxes only tighten: keep the best seen for callers (all are sound).
         best_bounds = {k: (torch.maximum(best_bounds[k][0], l.detach()), torch.minimum(best_bounds[k][1], u.detach()))
                        for k, (l, u) in bounds.items()}
     final_alphas = {k: v.detach() for k, v in alphas.items()}
+    final_alphas.update({("beta", name): tuple(b.detach() for b in pair) for name, pair in beta_terms.items()})
     if need_upper:
         half = rows_out // 2
         return best[:, :half], -best[:, half:], best_bounds, final_alphas

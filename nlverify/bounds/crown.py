@@ -29,6 +29,36 @@ from nlverify.graph import Graph, Node
 RelaxationFor = Callable[[Node, str], "LinearRelaxation | PlaneRelaxation"]
 
 
+@dataclass
+class SplitConstraints:
+    """Branch-and-bound decisions of a batch of domains: neuron ``j`` of node ``k`` restricted to
+    ``[lower[k][b, j], upper[k][b, j]]`` in domain ``b`` (``-inf``/``+inf`` where not split).
+
+    They act twice. (1) The node's box is intersected with them, so every relaxation that reads the box
+    is rebuilt on the child interval. (2) At the output, each finite constraint enters the backward pass
+    as a Lagrangian term (beta-CROWN, generalised to a split point p != 0): for ``x_j <= p`` and any
+    ``beta >= 0``, ``g(x) >= g(x) + beta (x_j - p)`` on the domain, so adding ``beta e_j`` to the
+    coefficients of node k and ``-beta p`` to the constant keeps a valid lower bound; for ``x_j >= p``
+    the sign flips. A domain whose boxes become empty is infeasible and closed vacuously.
+    """
+
+    lower: dict[str, Tensor]
+    upper: dict[str, Tensor]
+
+    def nodes(self) -> set[str]:
+        return set(self.lower) | set(self.upper)
+
+    def restrict(self, name: str, low: Tensor, up: Tensor) -> tuple[Tensor, Tensor]:
+        if name in self.lower:
+            low = torch.maximum(low, self.lower[name])
+        if name in self.upper:
+            up = torch.minimum(up, self.upper[name])
+        return low, up
+
+
+BetaTerms = dict[str, tuple[Tensor, Tensor]]  # node -> (beta for x >= lower, beta for x <= upper), each (B,S,*shape)
+
+
 def _dot(coeffs: Tensor, values: Tensor) -> Tensor:
     """``sum(coeffs * values)`` over the node axes, with ``0 * inf`` read as 0 (no contribution)."""
     product = coeffs * values
@@ -70,14 +100,18 @@ class BackwardPropagator:
         return self._offsets[key]
 
     def lower_bound(self, start: str, coeffs: Tensor, bounds: dict[str, Bounds],
-                    relaxation_for: RelaxationFor) -> Tensor:
-        """Lower bound ``(B, S)`` of ``coeffs . x_start`` with ``coeffs`` of shape ``(B, S, *shape)``."""
+                    relaxation_for: RelaxationFor, splits: SplitConstraints | None = None,
+                    betas: BetaTerms | None = None) -> Tensor:
+        """Lower bound ``(B, S)`` of ``coeffs . x_start`` with ``coeffs`` of shape ``(B, S, *shape)``;
+        ``betas`` (with ``splits``) adds the split constraints' Lagrangian terms."""
         pending: dict[str, Tensor] = {start: coeffs}
         constant = coeffs.new_zeros(coeffs.shape[:2])
         for node in self.ancestors(start):
             a = pending.pop(node.name, None)
             if a is None:
                 continue
+            if betas and node.name in betas:
+                a, constant = _add_split_terms(a, constant, betas[node.name], splits, node.name)
             if node.kind == "input":
                 low, up = bounds[node.name]
                 a_pos, a_neg = _positive_negative(a)
@@ -104,6 +138,26 @@ class BackwardPropagator:
             else:
                 raise ValueError(f"no backward rule for node kind '{node.kind}'")
         return constant
+
+
+def _add_split_terms(a: Tensor, constant: Tensor, beta: tuple[Tensor, Tensor], splits: SplitConstraints,
+                     name: str) -> tuple[Tensor, Tensor]:
+    """``a . x + beta_up (x - upper) + beta_low (lower - x)``: both added terms are <= 0 on the domain.
+    Constraints that are absent (infinite) contribute nothing whatever their beta."""
+    beta_low, beta_up = beta
+    split_low = splits.lower.get(name)
+    split_up = splits.upper.get(name)
+    if split_up is not None:
+        finite = torch.isfinite(split_up).unsqueeze(1)
+        beta_up = torch.where(finite, beta_up, torch.zeros_like(beta_up))
+        a = a + beta_up
+        constant = constant - _dot(beta_up, torch.where(finite, split_up.unsqueeze(1), torch.zeros_like(beta_up)))
+    if split_low is not None:
+        finite = torch.isfinite(split_low).unsqueeze(1)
+        beta_low = torch.where(finite, beta_low, torch.zeros_like(beta_low))
+        a = a - beta_low
+        constant = constant + _dot(beta_low, torch.where(finite, split_low.unsqueeze(1), torch.zeros_like(beta_low)))
+    return a, constant
 
 
 def identity_coefficients(shape: tuple[int, ...], batch: int, like: Tensor) -> Tensor:
@@ -168,9 +222,14 @@ def nodes_needing_bounds(graph: Graph) -> set[str]:
 
 
 def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_factory,
-                     propagator: BackwardPropagator, options: CrownOptions) -> dict[str, Bounds]:
+                     propagator: BackwardPropagator, options: CrownOptions,
+                     splits: SplitConstraints | None = None) -> dict[str, Bounds]:
     """Boxes for every node in topological order: IBP, tightened by CROWN on nodes that feed
-    nonlinearities. ``relaxation_for_factory(bounds)`` returns the relaxation callback to use."""
+    nonlinearities, then restricted by the domains' split constraints.
+    ``relaxation_for_factory(bounds)`` returns the relaxation callback to use.
+
+    An empty box (lower > upper after a split) marks an infeasible domain; it is clamped to the point
+    ``lower`` so that relaxations stay finite, and :func:`infeasible_domains` reports it."""
     batch = lower.shape[0]
     bounds: dict[str, Bounds] = {
         graph.input_name: (lower.reshape(batch, *graph.input_shape), upper.reshape(batch, *graph.input_shape))
@@ -188,8 +247,31 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
             n = node.size
             low = torch.maximum(low, both[:, :n].reshape(low.shape))
             up = torch.minimum(up, -both[:, n:].reshape(up.shape))
+        if splits is not None and node.name in splits.nodes():
+            low, up = splits.restrict(node.name, low, up)
+            empty = (low > up).flatten(1).any(1)
+            if empty.any():
+                bounds[INFEASIBLE] = bounds.get(INFEASIBLE, torch.zeros_like(empty)) | empty
+                up = torch.maximum(up, low)
         bounds[node.name] = (low, up)
     return bounds
+
+
+INFEASIBLE = "__infeasible__"  # key in a bounds dict: (B,) mask of domains whose split boxes are empty
+
+
+def infeasible_domains(bounds: dict, batch: int, device) -> Tensor:
+    """``(B,)`` mask of domains proved empty by their split constraints."""
+    mask = bounds.get(INFEASIBLE)
+    return torch.zeros(batch, dtype=torch.bool, device=device) if mask is None else mask
+
+
+def close_infeasible(lower_bound: Tensor, bounds: dict) -> Tensor:
+    """An empty domain contains no counterexample: its lower bound is +inf."""
+    mask = infeasible_domains(bounds, lower_bound.shape[0], lower_bound.device)
+    if mask.any():
+        lower_bound = torch.where(mask.unsqueeze(1), torch.full_like(lower_bound, float("inf")), lower_bound)
+    return lower_bound
 
 
 def _has_nonlinear_ancestor(propagator: BackwardPropagator, node: Node) -> bool:
@@ -203,16 +285,22 @@ def _has_nonlinear_ancestor(propagator: BackwardPropagator, node: Node) -> bool:
 
 def crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = None,
           options: CrownOptions | None = None, propagator: BackwardPropagator | None = None,
-          need_upper: bool = True) -> tuple[Tensor, Tensor | None, dict[str, Bounds]]:
-    """CROWN bounds of ``C y`` on a batch of boxes: ``(lower (B,S), upper (B,S) or None, node boxes)``."""
+          need_upper: bool = True, splits: SplitConstraints | None = None,
+          ) -> tuple[Tensor, Tensor | None, dict[str, Bounds]]:
+    """CROWN bounds of ``C y`` on a batch of boxes: ``(lower (B,S), upper (B,S) or None, node boxes)``.
+
+    With ``splits``, boxes are restricted per domain; an infeasible domain gets lower = +inf, upper = -inf.
+    """
     options = options or CrownOptions()
     propagator = propagator or BackwardPropagator(graph)
     with torch.no_grad():
-        bounds = propagate_bounds(graph, lower, upper, DefaultRelaxations, propagator, options)
+        bounds = propagate_bounds(graph, lower, upper, DefaultRelaxations, propagator, options, splits)
         relax = DefaultRelaxations(bounds)
         coeffs = spec_coefficients(C, graph, lower.shape[0], lower)
         if need_upper:
             rows = coeffs.shape[1]
             both = propagator.lower_bound(graph.output_name, torch.cat([coeffs, -coeffs], 1), bounds, relax)
+            both = close_infeasible(both, bounds)
             return both[:, :rows], -both[:, rows:], bounds
-        return propagator.lower_bound(graph.output_name, coeffs, bounds, relax), None, bounds
+        result = propagator.lower_bound(graph.output_name, coeffs, bounds, relax)
+        return close_infeasible(result, bounds), None, bounds
