@@ -124,3 +124,15 @@ def test_dense_equivalent_of_a_cnn(activation):
     x = torch.as_tensor(rng.uniform(0, 1, (50, 30)))
     with torch.no_grad():
         torch.testing.assert_close(dense(x), model(x.reshape(-1, 2, 3, 5)), rtol=1e-10, atol=1e-10)
+
+
+def test_attack_model_matches_the_exported_one():
+    from nlverify.benchmarks.soundness.attack import _for_attack
+
+    rng = np.random.default_rng(6)
+    for config in (MLP, CNN):
+        model = build_model(random_base(config, "groupsort", rng), torch.float64)
+        x = torch.as_tensor(rng.uniform(0, 1, (40, int(np.prod(config.input_shape)))))
+        with torch.no_grad():
+            torch.testing.assert_close(_for_attack(model, config.input_shape)(x),
+                                       model(x.reshape(-1, *config.input_shape)), rtol=1e-10, atol=1e-10)

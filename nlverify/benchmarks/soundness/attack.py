@@ -106,13 +106,32 @@ def dense_equivalent(model: nn.Sequential, input_shape: tuple[int, ...]) -> nn.S
     return nn.Sequential(first, act, second, *layers[4:]).eval()
 
 
+class _SortedGroups(nn.Module):
+    """GroupSort by ``torch.sort`` (the same values as the exported sorting network;
+    about 3x faster forward + backward in a large batch)."""
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1, self.group).sort(dim=2).values.reshape(x.shape)
+
+
+def _for_attack(model: nn.Sequential, input_shape: tuple[int, ...]) -> nn.Sequential:
+    from .models import GroupSort
+
+    dense = dense_equivalent(model, input_shape)
+    return nn.Sequential(*[_SortedGroups(m.group) if isinstance(m, GroupSort) else m for m in dense]).eval()
+
+
 def hiddenness_attack(model: nn.Module, lower: np.ndarray, upper: np.ndarray, label: int,
                       input_shape: tuple[int, ...], budget: AttackBudget = AttackBudget(),
                       seed: int = 0) -> AttackResult:
     """Run the attack on a float32 ``model`` over the flat box ``[lower, upper]``
     (a CNN is attacked through its :func:`dense_equivalent`)."""
     started = time.perf_counter()
-    model = dense_equivalent(model, input_shape)
+    model = _for_attack(model, input_shape)
     input_shape = (int(np.prod(input_shape)),)
     gen = torch.Generator().manual_seed(seed)
     lo = torch.as_tensor(np.asarray(lower, dtype=np.float32))
