@@ -52,6 +52,15 @@ def cases(quick: bool):
         yield f"relu_{layers}x100/neuron", net, dict(method="neuron"), ref
 
 
+def write_results(out: Path, rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "lipschitz.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "lipschitz.json").write_text(json.dumps(rows, indent=2, default=float))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="substrings of row names to run")
@@ -82,12 +91,7 @@ def main() -> int:
         print(f"{name:28s} {cert.lower_bound:11.6g} {cert.bound:11.6g} {cert.sdp_value:11.6g} {cert.gap:9.2e} "
               f"{cert.product_bound:11.6g} {ref if ref else float('nan'):11.6g} {vs_ref:9.2e} "
               f"{cert.build_s:6.2f} {cert.solve_s:7.2f} {cert.certify_s:6.2f} {total:7.2f}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "lipschitz.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
-        writer.writeheader()
-        writer.writerows(rows)
-    (args.out / "lipschitz.json").write_text(json.dumps(rows, indent=2, default=float))
+        write_results(args.out, rows)  # after every row, so an interrupted run keeps its figures
     print(f"wrote {args.out / 'lipschitz.csv'} and {args.out / 'lipschitz.json'}")
     return 0
 
