@@ -171,7 +171,11 @@ def _batches(problems: list[Problem], max_rows: int) -> list[list[list[Problem]]
     return [call for call in calls if call]
 
 
-def _bound_call(model, call: list[list[Problem]], method: str, options: PipelineOptions) -> None:
+ALPHA_CHUNK = 3  # alpha-CROWN iterations between deadline checks
+
+
+def _bound_call(model, call: list[list[Problem]], method: str, options: PipelineOptions,
+                deadline: float | None = None) -> None:
     """One batched bound computation: B = regions in the call, S = the most rows any of them has (shorter
     ones padded with zero rows, ignored). Updates each problem's ``best_lower``."""
     rows = max(sum(p.C.shape[0] for p in group) for group in call)
@@ -189,8 +193,20 @@ def _bound_call(model, call: list[list[Problem]], method: str, options: Pipeline
     else:
         from nlverify.bounds.alpha import AlphaOptions, alpha_crown
 
-        low, _, _, _ = alpha_crown(model.graph, lower, upper, C, AlphaOptions(iterations=options.alpha_iterations),
-                                   propagator=model.propagator, need_upper=False)
+        low, alphas, done = None, None, 0
+        last = 0.0  # seconds the previous chunk took: do not start one that cannot finish in time
+        while done < options.alpha_iterations:  # chunks, warm-started, so the deadline is checked often
+            if low is not None and deadline is not None and time.monotonic() + last > deadline:
+                break
+            began = time.monotonic()
+            chunk = min(ALPHA_CHUNK, options.alpha_iterations - done)
+            chunk_low, _, _, alphas = alpha_crown(model.graph, lower, upper, C, AlphaOptions(iterations=chunk),
+                                                  alphas=alphas, propagator=model.propagator, need_upper=False)
+            low = chunk_low if low is None else torch.maximum(low, chunk_low)
+            done += chunk
+            last = time.monotonic() - began
+            if deadline is not None and time.monotonic() > deadline:
+                break
     for b, group in enumerate(call):
         start = 0
         for problem in group:
@@ -214,7 +230,7 @@ def _bound_stage(model, problems: list[Problem], method: str, options: PipelineO
     for call in _batches(problems, options.max_rows_per_call):
         if clock.expired():
             return [p for p in problems if not _is_proved(p)], True
-        _bound_call(model, call, method, options)
+        _bound_call(model, call, method, options, clock.deadline)
     return [p for p in problems if not _is_proved(p)], False
 
 
