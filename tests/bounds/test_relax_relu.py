@@ -129,3 +129,13 @@ def test_property_any_interval_any_slope(boxes, negative_slope, single):
     alpha = torch.tensor([[al for _, _, al in boxes]], dtype=dtype)
     for al in (alpha, None):
         assert_sound(relaxation.relax(lower, upper, al), reference_for(relaxation), lower, upper, SPECIAL, "hypothesis")
+
+
+@pytest.mark.parametrize("negative_slope", [1.8291233639443332e-175, 1e-40, 0.01, 1.0 + 1e-12])
+def test_slope_not_representable_in_float32(negative_slope):
+    """Found by hypothesis: a = 1.8e-175 rounds to 0 in float32 and the margin must not underflow with it."""
+    relaxation = LeakyRelu(negative_slope)
+    lower = torch.tensor([-1.0, -1.0, -1e4, 0.0, -1e-30], dtype=torch.float32)
+    upper = torch.tensor([0.0, 1.0, 2.0, 0.0, 1e-30], dtype=torch.float32)
+    for alpha in (None, torch.zeros(1, 5), torch.ones(1, 5)):
+        assert_sound(relaxation.relax(lower, upper, alpha), reference_for(relaxation), lower, upper, SPECIAL, "tiny a")

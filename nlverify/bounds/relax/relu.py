@@ -21,10 +21,12 @@ negative-side slope ``a`` (alpha 0) to the positive-side slope 1 (alpha 1)".
 
 Floating point (explicit margins, folded into the intercepts):
 
-* the chord's intercept is moved outwards by ``RELU_MARGIN_ULPS * eps * (|f(l)| + |f(u)| +
-  |k| max(|l|, |u|))``, which covers the rounding of its slope and intercept (each a few ulps);
+* the chord's intercept is moved outwards by ``RELU_MARGIN_ULPS * (eps * (|f(l)| + |f(u)| +
+  |k| max(|l|, |u|)) + tiny)``, which covers the rounding of its slope and intercept (each a few
+  ulps) and underflow;
 * if ``a`` is not representable in the dtype (e.g. 0.01 in float32), every line that uses the
-  rounded ``a`` is moved outwards by ``RELU_MARGIN_ULPS * |a - a_dtype| * max(-l, 0)``; lines through
+  rounded ``a`` is moved outwards by ``RELU_MARGIN_ULPS * |a - a_dtype| * max(-l, 0) + tiny`` (the
+  dtype's smallest normal, which also covers an ``a`` that underflows, e.g. 1e-175); lines through
   the origin with slope in the closed range are otherwise exact, as are the stable cases, so ReLU
   (and any representable ``a``) has zero margin except on the chord.
 """
@@ -54,12 +56,18 @@ class LeakyRelu:
         self.negative_slope = negative_slope
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _slope_in(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """``a`` rounded to the dtype of ``like``, and the margin per unit ``|x|`` its rounding costs."""
+    def _slope_in(self, like: Tensor) -> tuple[Tensor, Tensor, float]:
+        """``a`` rounded to the dtype of ``like``; the margin per unit ``|x|`` its rounding costs; and an
+        absolute floor (the dtype's smallest normal, 0 when ``a`` is exact) for when that underflows."""
         a_dtype = torch.tensor(self.negative_slope, dtype=like.dtype, device=like.device)
         representation_error = abs(self.negative_slope - float(a_dtype))
-        # RELU_MARGIN_ULPS over-covers the rounding of this product when it is applied.
-        return a_dtype, torch.tensor(RELU_MARGIN_ULPS * representation_error, dtype=like.dtype, device=like.device)
+        if representation_error == 0.0:
+            return a_dtype, torch.zeros((), dtype=like.dtype, device=like.device), 0.0
+        tiny = torch.finfo(like.dtype).tiny
+        # RELU_MARGIN_ULPS over-covers the rounding of the product per_unit * |x|; the floors cover
+        # an error below the dtype's range (e.g. a = 1e-175 rounds to 0 in float32).
+        per_unit = max(RELU_MARGIN_ULPS * representation_error, tiny)
+        return a_dtype, torch.tensor(per_unit, dtype=like.dtype, device=like.device), tiny
 
     def function(self, x: Tensor) -> Tensor:
         return torch.where(x >= 0, x, x * self.negative_slope)
@@ -74,11 +82,13 @@ class LeakyRelu:
         high = torch.maximum(f_lower, f_upper)
         low = torch.where(contains_zero, torch.minimum(low, zero), low)
         high = torch.where(contains_zero, torch.maximum(high, zero), high)
-        _, per_unit = self._slope_in(lower)
-        # f(l) = fl(a * l) differs from the real a * l by the rounding of a (per_unit) and of the
-        # product (a few ulps of |f(l)|); both are zero for ReLU and for identity.
-        product_rounding = RELU_MARGIN_ULPS * torch.finfo(lower.dtype).eps * f_lower.abs() * (lower < 0)
-        slack = per_unit * (-lower).clamp(min=0) + product_rounding
+        _, per_unit, floor = self._slope_in(lower)
+        # f(l) = fl(a * l) differs from the real a * l by the rounding of a (per_unit, floor) and of
+        # the product (a few ulps of |f(l)|, or an underflow); all zero for ReLU and for identity.
+        info = torch.finfo(lower.dtype)
+        exact_product = self.negative_slope in (0.0, 1.0)
+        product_rounding = zero if exact_product else RELU_MARGIN_ULPS * (info.eps * f_lower.abs() + info.tiny) * (lower < 0)
+        slack = per_unit * (-lower).clamp(min=0) + floor + product_rounding
         return low - slack, high + slack
 
     def init_alpha(self, lower: Tensor, upper: Tensor) -> Tensor:
@@ -93,23 +103,24 @@ class LeakyRelu:
         if alpha.shape[0] != self.n_alpha:
             raise ValueError(f"{self.name}: alpha must have leading dimension {self.n_alpha}, got {tuple(alpha.shape)}")
         alpha = alpha.to(dtype=lower.dtype)[0]
-        a, per_unit = self._slope_in(lower)
-        eps = torch.finfo(lower.dtype).eps
+        a, per_unit, floor = self._slope_in(lower)
+        info = torch.finfo(lower.dtype)
         zero, one = torch.zeros_like(lower), torch.ones_like(lower)
 
         active = lower >= 0
         inactive = upper <= 0          # (l == u == 0 is both; either answer is exact there)
         mixed = ~active & ~inactive
         negative_extent = (-lower).clamp(min=0)
-        representation_slack = per_unit * negative_extent   # 0 when a is exact in the dtype
+        representation_slack = per_unit * negative_extent + floor   # 0 when a is exact in the dtype
 
         # Chord through (l, a l) and (u, u); only used on mixed boxes (l < 0 < u, so width > 0).
         width = torch.where(mixed, upper - lower, one)
         f_lower = a * lower
         chord = (upper - f_lower) / width
         chord_intercept = upper - chord * upper
-        chord_slack = RELU_MARGIN_ULPS * eps * (f_lower.abs() + upper.abs()
-                                                + chord.abs() * torch.maximum(lower.abs(), upper.abs()))
+        chord_slack = RELU_MARGIN_ULPS * (info.eps * (f_lower.abs() + upper.abs()
+                                                      + chord.abs() * torch.maximum(lower.abs(), upper.abs()))
+                                          + info.tiny)
         chord_slack = chord_slack + representation_slack
 
         # The family through the origin, slope in the closed range between a and 1 (clamped, so
