@@ -15,8 +15,16 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
+EXAMPLES := nlverify/data/examples
+
 demo: $(STAMP)
-	$(BIN)/nlverify verify nlverify/data/examples/demo_sigmoid.onnx nlverify/data/examples/demo_sigmoid.vnnlib --timeout 60
+	@echo "== bounds of a sigmoid MLP on a small input box (CROWN)"
+	$(BIN)/nlverify bounds $(EXAMPLES)/demo_sigmoid.onnx $(EXAMPLES)/demo_sigmoid.vnnlib --method crown
+	@echo "== is class 0 robust on the small box? (expected: unsat = proved robust)"
+	$(BIN)/nlverify verify $(EXAMPLES)/demo_sigmoid.onnx $(EXAMPLES)/demo_sigmoid.vnnlib --timeout 60
+	@echo "== and on a large box? (expected: sat, with a counterexample checked in onnxruntime)"
+	$(BIN)/nlverify verify $(EXAMPLES)/demo_sigmoid.onnx $(EXAMPLES)/demo_sigmoid_large.vnnlib --timeout 60 --result-file demo_result.txt
+	@cat demo_result.txt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
@@ -25,4 +33,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bounds_speed.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis demo_result.txt

@@ -1,0 +1,6 @@
+"""``python -m nlverify`` is the ``nlverify`` command."""
+import sys
+
+from nlverify.cli import main
+
+sys.exit(main())
