@@ -8,7 +8,7 @@ import torch
 
 from nlverify.bounds.relax import unary_relaxation
 from nlverify.verifier import lookup
-from nlverify.verifier.lookup import binary_branching_points, branching_points
+from nlverify.verifier.lookup import binary_branching_points, branching_points, plane_looseness
 from nlverify.verifier.tables import TABLE_ACTIVATIONS, default_spec, optimal_relative_split, split_looseness
 
 RANGE = {"sigmoid": 8.0, "tanh": 4.0, "gelu": 6.0, "sin": 2 * math.pi, "cos": 2 * math.pi, "exp": 8.0}
@@ -171,14 +171,27 @@ def test_unknown_activation_is_a_key_error() -> None:
         binary_branching_points("add", torch.zeros(1), torch.ones(1), torch.zeros(1), torch.ones(1))
 
 
-def test_binary_points() -> None:
-    lx, ux = torch.tensor([0.0, 0.0, 0.0]), torch.tensor([4.0, 4.0, 4.0])
-    ly, uy = torch.tensor([1.0, 5.0, -3.0]), torch.tensor([6.0, 7.0, 9.0])
-    # overlap [1, 4] -> 2.5; no overlap -> midpoint 2; y covers x -> midpoint 2
-    assert torch.equal(binary_branching_points("max", lx, ux, ly, uy), torch.tensor([2.5, 2.0, 2.0]))
-    assert torch.equal(binary_branching_points("mul", lx, ux, ly, uy), torch.tensor([2.0, 2.0, 2.0]))
-    point = binary_branching_points("min", lx, ux, ly, uy)
+@pytest.mark.parametrize("op", ["max", "min"])
+def test_binary_points_beat_the_midpoint(op: str) -> None:
+    g = torch.Generator().manual_seed(5)
+    d = torch.rand(4, 500, generator=g, dtype=torch.float64) * 4 - 2
+    lx, ux = d[0].minimum(d[1]), d[0].maximum(d[1])
+    ly, uy = d[2].minimum(d[3]), d[2].maximum(d[3])
+    point = binary_branching_points(op, lx, ux, ly, uy)
     assert bool(((point > lx) & (point < ux)).all())
+    mid = 0.5 * (lx + ux)
+    split = plane_looseness(op, lx, point, ly, uy) + plane_looseness(op, point, ux, ly, uy)
+    halves = plane_looseness(op, lx, mid, ly, uy) + plane_looseness(op, mid, ux, ly, uy)
+    assert bool((split <= halves * (1 + 1e-12) + 1e-15).all())
+    loose = halves > 1e-12
+    assert float((1 - split[loose] / halves[loose]).mean()) > 0.1
+    assert float(split.sum()) < float(halves.sum())
+
+
+def test_binary_mul_splits_at_the_midpoint() -> None:
+    lx, ux = torch.tensor([0.0, -3.0]), torch.tensor([4.0, 1.0])
+    ly, uy = torch.tensor([1.0, -1.0]), torch.tensor([6.0, 2.0])
+    assert torch.equal(binary_branching_points("mul", lx, ux, ly, uy), torch.tensor([2.0, -1.0]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
