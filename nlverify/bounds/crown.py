@@ -101,15 +101,22 @@ class BackwardPropagator:
 
     def lower_bound(self, start: str, coeffs: Tensor, bounds: dict[str, Bounds],
                     relaxation_for: RelaxationFor, splits: SplitConstraints | None = None,
-                    betas: BetaTerms | None = None) -> Tensor:
+                    betas: BetaTerms | None = None, record: dict[str, Tensor | None] | None = None) -> Tensor:
         """Lower bound ``(B, S)`` of ``coeffs . x_start`` with ``coeffs`` of shape ``(B, S, *shape)``;
-        ``betas`` (with ``splits``) adds the split constraints' Lagrangian terms."""
+        ``betas`` (with ``splits``) adds the split constraints' Lagrangian terms.
+
+        ``record`` (optional): for every node named among its keys, the coefficients ``A`` (``(B, S,
+        *shape)``) that reach that node's output are stored under its name, i.e. the bound is
+        ``A . x_node + (terms of the other nodes)``; a key whose node is not reached is left as is.
+        Recording reads the tensors only and never changes the bound."""
         pending: dict[str, Tensor] = {start: coeffs}
         constant = coeffs.new_zeros(coeffs.shape[:2])
         for node in self.ancestors(start):
             a = pending.pop(node.name, None)
             if a is None:
                 continue
+            if record is not None and node.name in record:
+                record[node.name] = a
             if betas and node.name in betas:
                 a, constant = _add_split_terms(a, constant, betas[node.name], splits, node.name)
             if node.kind == "input":
@@ -294,8 +301,14 @@ def crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = None,
     options = options or CrownOptions()
     propagator = propagator or BackwardPropagator(graph)
     with torch.no_grad():
-        bounds = propagate_bounds(graph, lower, upper, DefaultRelaxations, propagator, options, splits)
-        relax = DefaultRelaxations(bounds)
+        factories: list[DefaultRelaxations] = []
+
+        def factory(boxes):
+            factories.append(DefaultRelaxations(boxes))
+            return factories[-1]
+
+        bounds = propagate_bounds(graph, lower, upper, factory, propagator, options, splits)
+        relax = factories[0]  # reuse the relaxations the intermediate passes already built
         coeffs = spec_coefficients(C, graph, lower.shape[0], lower)
         if need_upper:
             rows = coeffs.shape[1]

@@ -23,7 +23,8 @@ In every case alpha is the relative position of the tangent point in its range, 
 
 Soundness does not rest on the case analysis or on the bisections above: whatever slope ``k`` they
 produce, the intercept is ``min_[l,u](f(x) - k x)`` (for the upper line ``max``), bounded rigorously
-from the convexity structure and lowered (raised) by the rounding margin of
+from the convexity structure (on the convex piece through the supporting line of ``f - kx`` at the
+tangent point, or at ``l`` for the chord, which is exact there and needs no bisection) and lowered (raised) by the rounding margin of
 :mod:`nlverify.bounds.relax._tangent` (``ROUNDING_MARGIN_ULPS`` ulps of the dtype). Where the
 chosen line is exact tangent or chord, that intercept makes it touch ``f`` up to the margin.
 
@@ -132,23 +133,28 @@ class SShaped:
 
     def relax(self, lower: Tensor, upper: Tensor, alpha: Tensor | None = None) -> LinearRelaxation:
         lower, upper = torch.broadcast_tensors(lower, upper)
+        lower_range = self._lower_range(lower, upper)
+        upper_range = self._upper_range(lower, upper)
         if alpha is None:
-            alpha = self.init_alpha(lower, upper)
+            alpha = torch.stack([lower_range.default_alpha, upper_range.default_alpha])
         if alpha.shape[0] != self.n_alpha:
             raise ValueError(f"{self.name}: alpha must have leading dimension {self.n_alpha}, got {tuple(alpha.shape)}")
         alpha = alpha.to(dtype=lower.dtype)
         knee = clamp_into(0.0, lower, upper)
         chord = chord_slope(self, lower, upper)
 
-        lower_range = self._lower_range(lower, upper)
         lower_point = lower_range.point_lo + alpha[0] * (lower_range.point_hi - lower_range.point_lo)
         lower_slope = torch.where(lower_range.use_tangent, self.derivative(lower_point), chord)
-        lower_icpt = lower_intercept(self, lower_slope, lower, upper, convex_pieces=[(lower, knee)])
+        # Minimiser hint on the convex piece: the tangent point, or l for the chord (then g'(l) >= 0).
+        lower_hint = torch.where(lower_range.use_tangent, lower_point, lower)
+        lower_icpt = lower_intercept(self, lower_slope, lower, upper, convex_pieces=[(lower, knee)],
+                                     hints=[lower_hint])
 
-        upper_range = self._upper_range(lower, upper)
         upper_point = upper_range.point_lo + alpha[1] * (upper_range.point_hi - upper_range.point_lo)
         upper_slope = torch.where(upper_range.use_tangent, self.derivative(upper_point), chord)
-        upper_icpt = upper_intercept(self, upper_slope, lower, upper, concave_pieces=[(knee, upper)])
+        upper_hint = torch.where(upper_range.use_tangent, upper_point, upper)
+        upper_icpt = upper_intercept(self, upper_slope, lower, upper, concave_pieces=[(knee, upper)],
+                                     hints=[upper_hint])
 
         return LinearRelaxation(*torch.broadcast_tensors(lower_slope, lower_icpt, upper_slope, upper_icpt))
 
