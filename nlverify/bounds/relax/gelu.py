@@ -20,8 +20,10 @@ Each line is parametrised by its **slope**: ``alpha[0]`` (lower) and ``alpha[1]`
 ``[0, 1]`` linearly onto ``[min gelu', max gelu']`` over ``[l, u]`` (the slopes of all tangents,
 computed exactly from the monotonicity of ``gelu'`` above). The intercept is the exact support
 value for that slope: ``min_[l,u](gelu(x) - k x)`` for the lower line, ``max`` for the upper line,
-bounded rigorously from the convexity structure (endpoints, plus a bisection for ``gelu' = k`` in
-each convex piece for the minimum / each concave piece for the maximum) and then lowered / raised
+bounded rigorously from the convexity structure (endpoints, plus the supporting line of
+``gelu - k x`` at the point where ``gelu' = k`` in each convex piece for the minimum / each concave
+piece for the maximum; that point comes from an interpolated inverse of the monotone ``gelu'`` on the
+piece, and the bound is rigorous for any point, exact at the true one) and then lowered / raised
 by the rounding margin (:mod:`nlverify.bounds.relax._tangent`: ``ROUNDING_MARGIN_ULPS`` ulps with
 error factor ``1 + x^2`` for ``x < 0``, because ``Phi(x) = erfc(-x / sqrt 2) / 2`` in floating
 point carries the condition number ``x^2`` of ``exp(-x^2/2)``). So **every** alpha in ``[0, 1]``, on every interval
@@ -120,6 +122,49 @@ class Gelu:
         return (torch.minimum(torch.minimum(low_lower, low_upper), low_min),
                 torch.maximum(high_lower, high_upper))
 
+    # -- minimiser hints: gelu'^{-1} on each monotone piece -------------------------------------
+    _HINT_REACH = 12.0      # beyond |x| = 12, gelu' equals 0 or 1 to well below float64 precision
+    _HINT_POINTS = 2049
+
+    def _derivative_table(self, lo: float, hi: float, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Abscissae and gelu' values on ``[lo, hi]`` (float64, cached per device), sorted by gelu'."""
+        key = (lo, hi, like.device)
+        cache = self.__dict__.setdefault("_tables", {})
+        if key not in cache:
+            xs = torch.linspace(lo, hi, self._HINT_POINTS, dtype=torch.float64, device=like.device)
+            ds = self.derivative(xs)
+            order = torch.argsort(ds)
+            cache[key] = (xs[order].contiguous(), ds[order].contiguous())
+        return cache[key]
+
+    def _stationary_hint(self, slope: Tensor, lo: float, hi: float) -> Tensor:
+        """Approximately the ``x`` in ``[lo, hi]`` with ``gelu'(x) = slope`` (gelu' is monotone there),
+        clamped to the piece when there is none. Only a *hint* for the support computation, which is
+        rigorous for any point (see :func:`nlverify.bounds.relax._tangent._min_signed_gap`); its
+        accuracy only decides how tight the intercept is. Interpolation in a 2049-point table of gelu'
+        and one Newton step where gelu'' is not small."""
+        with torch.no_grad():
+            xs, ds = self._derivative_table(lo, hi, slope)
+            k = slope.detach().to(torch.float64).clamp(float(ds[0]), float(ds[-1]))
+            right = torch.searchsorted(ds, k.reshape(-1)).clamp(1, len(ds) - 1).reshape(k.shape)
+            left = right - 1
+            d_left, d_right = ds[left], ds[right]
+            span = d_right - d_left
+            t = torch.where(span > 0, (k - d_left) / torch.where(span > 0, span, torch.ones_like(span)),
+                            torch.zeros_like(span))
+            x = xs[left] + t * (xs[right] - xs[left])
+            curvature = self.normal_pdf(x) * (2.0 - x * x)
+            newton = x - (self.derivative(x) - k) / torch.where(curvature.abs() > 1e-3, curvature, torch.ones_like(curvature))
+            x = torch.where(curvature.abs() > 1e-3, newton, x).clamp(min(lo, hi), max(lo, hi))
+            return x.to(slope.dtype)
+
+    def _lower_hints(self, slope: Tensor) -> list[Tensor]:
+        return [self._stationary_hint(slope, -INFLECTION, INFLECTION)]
+
+    def _upper_hints(self, slope: Tensor) -> list[Tensor]:
+        return [self._stationary_hint(slope, -self._HINT_REACH, -INFLECTION),
+                self._stationary_hint(slope, INFLECTION, self._HINT_REACH)]
+
     # -- pieces and slope ranges -----------------------------------------------------------------
     @staticmethod
     def _pieces(lower: Tensor, upper: Tensor) -> tuple[tuple[Tensor, Tensor], list[tuple[Tensor, Tensor]]]:
@@ -152,10 +197,10 @@ class Gelu:
         best_slope, best_value = None, None
         for slope in candidates:
             if below:
-                value = lower_intercept(self, slope, lower, upper, [convex]) + slope * midpoint
+                value = lower_intercept(self, slope, lower, upper, [convex], self._lower_hints(slope)) + slope * midpoint
                 better = None if best_value is None else value > best_value
             else:
-                value = upper_intercept(self, slope, lower, upper, concave) + slope * midpoint
+                value = upper_intercept(self, slope, lower, upper, concave, self._upper_hints(slope)) + slope * midpoint
                 better = None if best_value is None else value < best_value
             if better is None:
                 best_slope, best_value = slope, value
@@ -213,6 +258,6 @@ class Gelu:
         convex, concave = self._pieces(lower, upper)
         lower_slope = low + alpha[0] * (high - low)
         upper_slope = low + alpha[1] * (high - low)
-        lower_icpt = lower_intercept(self, lower_slope, lower, upper, [convex])
-        upper_icpt = upper_intercept(self, upper_slope, lower, upper, concave)
+        lower_icpt = lower_intercept(self, lower_slope, lower, upper, [convex], self._lower_hints(lower_slope))
+        upper_icpt = upper_intercept(self, upper_slope, lower, upper, concave, self._upper_hints(upper_slope))
         return LinearRelaxation(*torch.broadcast_tensors(lower_slope, lower_icpt, upper_slope, upper_icpt))
