@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nlverify.verifier import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
 from nlverify.verifier.attack import AttackOptions, Candidate, attack, model_parameters, violation_tensors
 from nlverify.verifier.result import Verdict, validate_counterexample
 from nlverify.verifier.spec import Spec, check_against_model, parse_vnnlib
@@ -70,6 +71,7 @@ class Problem:
     C: Tensor  # (m_rows, num_outputs)
     d: Tensor  # (m_rows,)
     best_lower: Tensor  # (m_rows,)
+    boxes: dict | None = None  # node -> (lower, upper) boxes (batch 1) of the last bound stage, for BaB
 
 
 @dataclass
@@ -87,8 +89,10 @@ BabFunction = Callable[..., list[ProblemOutcome]]
 def bab(model, problems: list[Problem], time_left: float, device: str = "cpu",
         seed: int = 0) -> list[ProblemOutcome]:
     """Extension point for branch-and-bound: receive the problems the incomplete bounds left open and the
-    seconds left, return one :class:`ProblemOutcome` per problem. This placeholder proves nothing."""
-    return [ProblemOutcome() for _ in problems]
+    seconds left, return one :class:`ProblemOutcome` per problem (see :mod:`nlverify.verifier.bab`)."""
+    from nlverify.verifier.bab import branch_and_bound
+
+    return branch_and_bound(model, problems, time_left, device=device, seed=seed)
 
 
 @dataclass
@@ -149,9 +153,12 @@ def model_dtype(model) -> torch.dtype:
 
 def _problems(spec: Spec, dtype: torch.dtype, device) -> list[Problem]:
     as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
-    return [Problem(r, k, as_tensor(region.lower), as_tensor(region.upper), as_tensor(conj.C), as_tensor(conj.d),
-                    torch.full((conj.C.shape[0],), -math.inf, dtype=dtype, device=device))
-            for r, region in enumerate(spec.regions) for k, conj in enumerate(region.disjuncts)]
+    problems = [Problem(r, k, as_tensor(region.lower), as_tensor(region.upper), as_tensor(conj.C),
+                        as_tensor(conj.d), torch.full((conj.C.shape[0],), -math.inf, dtype=dtype, device=device))
+                for r, region in enumerate(spec.regions) for k, conj in enumerate(region.disjuncts)]
+    for p in problems if faults.ACTIVE else ():  # TEST-ONLY fault hook (faults.py): shrink_box
+        p.lower, p.upper = faults.shrink_box(p.lower, p.upper)
+    return problems
 
 
 def _batches(problems: list[Problem], max_rows: int) -> list[list[list[Problem]]]:
@@ -189,7 +196,7 @@ def _bound_call(model, call: list[list[Problem]], method: str, options: Pipeline
     if method == "crown":
         from nlverify.bounds.crown import CrownOptions, crown
 
-        low, _, _ = crown(model.graph, lower, upper, C, CrownOptions(), model.propagator, need_upper=False)
+        low, _, boxes = crown(model.graph, lower, upper, C, CrownOptions(), model.propagator, need_upper=False)
     else:
         from nlverify.bounds.alpha import AlphaOptions, alpha_crown
 
@@ -200,8 +207,8 @@ def _bound_call(model, call: list[list[Problem]], method: str, options: Pipeline
                 break
             began = time.monotonic()
             chunk = min(ALPHA_CHUNK, options.alpha_iterations - done)
-            chunk_low, _, _, alphas = alpha_crown(model.graph, lower, upper, C, AlphaOptions(iterations=chunk),
-                                                  alphas=alphas, propagator=model.propagator, need_upper=False)
+            chunk_low, _, boxes, alphas = alpha_crown(model.graph, lower, upper, C, AlphaOptions(iterations=chunk),
+                                                      alphas=alphas, propagator=model.propagator, need_upper=False)
             low = chunk_low if low is None else torch.maximum(low, chunk_low)
             done += chunk
             last = time.monotonic() - began
@@ -210,6 +217,7 @@ def _bound_call(model, call: list[list[Problem]], method: str, options: Pipeline
     for b, group in enumerate(call):
         start = 0
         for problem in group:
+            problem.boxes = {name: (l[b:b + 1], u[b:b + 1]) for name, (l, u) in boxes.items()}
             m = problem.C.shape[0]
             problem.best_lower = torch.maximum(problem.best_lower, low[b, start:start + m].detach())
             start += m
@@ -300,6 +308,7 @@ def verify_loaded(model, model_path: str, spec: Spec, clock: _Clock | float, dev
     # 3. branch and bound on what is left
     if clock.expired():
         return finish(Verdict.TIMEOUT)
+    if faults.ACTIVE: open_problems = faults.drop_problems(open_problems)  # TEST-ONLY fault hook (faults.py)
     outcomes = (options.bab or bab)(model, open_problems, clock.left(), device=device, seed=seed)
     clock.lap("bab")
     proposed = [Candidate(np.asarray(o.counterexample, dtype=np.float64), p.region, 0.0)

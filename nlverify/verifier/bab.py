@@ -1,0 +1,477 @@
+"""Branch-and-bound over general nonlinearities (GenBaB-style), batched over domains.
+
+A *problem* (one region box and one conjunction ``C y <= d``, see :mod:`nlverify.verifier.pipeline`) is
+proved when every domain of a partition of its box is closed: some row ``i`` has
+
+    lower bound of (C y)_i over the domain  -  d_i  >  proof_margin        (the pipeline's margin)
+
+or the domain is empty (its split boxes contradict each other, lower bound ``+inf``). The open domains
+live in a :class:`~nlverify.verifier.domains.DomainStore`; each round pops a batch (lowest gap first),
+splits every domain in two, bounds *all* children in one batched call, closes what is proved, and
+pushes the rest. Two ways to split:
+
+* **activation split** (high-dimensional inputs): a domain is the region box plus a box per node that
+  feeds a nonlinearity. One neuron per domain is chosen by BBPS
+  (:mod:`nlverify.verifier.branching`) and split at its branching point ``p``
+  (:func:`~nlverify.verifier.branching.split_points`), giving ``x_j <= p`` and ``x_j >= p``. Children are
+  bounded by alpha-CROWN with *fixed intermediate boxes* (the parent's, narrowed by the split; IBP can
+  only tighten them further): every stored box enters as a :class:`SplitConstraints` entry, so the
+  relaxations are rebuilt on the child intervals and each constraint gets a beta multiplier
+  (beta-CROWN generalised to ``p != 0``; a multiplier on a constraint that already holds is still a
+  valid Lagrangian term). Alphas and betas are warm-started from the parent.
+* **input split** (at most ``input_split_max_inputs`` inputs: ACAS Xu, control and power-flow nets): a
+  domain is a sub-box; the dimension with the largest smear ``|A_x| (u - l)`` is halved; children are
+  bounded by CROWN with CROWN intermediate bounds (thousands of boxes per call).
+
+A child's lower bound is the max of its own bound and its parent's (the parent's bound holds on the
+child, a subset), so bounds never get worse down the tree.
+
+Falsification inside BaB: each round evaluates the model at the minimiser of every popped domain's
+linear lower bound (``x* = l where A_x > 0 else u``) and at box centres; every ``attack_every`` rounds a
+short PGD runs from the worst domains' ``x*``. A point with ``max_i (C f(x) - d)_i <= 0`` is returned
+as a candidate; the pipeline reports ``sat`` only after onnxruntime confirms it on the original file.
+
+Verdicts per problem: proved when the store empties; a candidate counterexample; otherwise not proved
+(deadline, memory cap of the store, or a domain too thin to split).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nlverify.bounds.alpha import AlphaOptions, alpha_crown
+from nlverify.bounds.crown import (
+    CrownOptions, DefaultRelaxations, SplitConstraints, close_infeasible, crown, propagate_bounds,
+    spec_coefficients,
+)
+from nlverify.graph import Graph
+from nlverify.verifier.branching import (
+    anchor_values, choose_splits, coefficients_at, input_split_scores, split_targets,
+)
+from nlverify.verifier.domains import DomainStore, DomainStoreFull
+from nlverify.verifier.pipeline import Problem, ProblemOutcome, proof_margin, rows_proved
+
+__all__ = ["BabOptions", "BabReport", "branch_and_bound", "bab_problem", "domain_gap", "closed_domains"]
+
+log = logging.getLogger(__name__)
+
+SPLIT_MODES = ("auto", "input", "activation")
+
+
+@dataclass
+class BabOptions:
+    mode: str = "auto"  # "auto": input split when the model has <= input_split_max_inputs inputs
+    input_split_max_inputs: int = 32
+    batch_domains: int = 256  # activation split: domains popped per round (2x children bounded)
+    input_batch_domains: int = 2048  # input split: domains popped per round
+    iterations: int = 8  # alpha/beta iterations per activation-split round
+    root_iterations: int = 30  # output alpha iterations at the activation-split root
+    learning_rate: float = 0.1
+    branching: str = "bbps"  # or "width" (baseline, for ablation)
+    input_alpha_iterations: int = 0  # >0: alpha-CROWN (output alphas) on input-split children
+    refine_intermediate: str = "auto"  # "on"/"off"/"auto": re-bound intermediate boxes of children by CROWN
+    refine_max_cost: float = 2e7  # "auto" turns refinement on below this many multiply-adds per domain
+    warm_start: bool = False  # keep alphas/betas per domain and start children from them (see notes)
+    attack_every: int = 4  # rounds between PGD runs on the worst domains (0: never)
+    attack_domains: int = 32
+    attack_steps: int = 40
+    max_memory_bytes: int = 2 << 30  # cap of the domain store
+    seed: int = 0
+
+
+@dataclass
+class BabReport:
+    """What BaB concluded for one problem, with counters for the log."""
+
+    status: str  # "proved", "counterexample", "timeout", "memory", "stuck"
+    counterexample: np.ndarray | None = None
+    rounds: int = 0
+    domains: int = 0  # domains bounded (children)
+    open_domains: int = 0
+    max_depth: int = 0
+    worst_gap: float = -math.inf
+    mode: str = ""
+    message: str = ""
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------- pure helpers
+def closed_domains(lower: Tensor, d: Tensor) -> Tensor:
+    """``(B,)``: some row proved with the pipeline's margin, or the domain is empty (lower = +inf)."""
+    empty = torch.isinf(lower) & (lower > 0)
+    return (rows_proved(lower, d) | empty).any(1)
+
+
+def domain_gap(lower: Tensor, d: Tensor) -> Tensor:
+    """``max_i (lower_i - d_i - margin_i)``: > 0 on a closed domain; the priority of an open one (lowest
+    first). NaN rows count as unproved (a very negative finite gap, so selection stays well defined)."""
+    finite = torch.isfinite(lower)
+    gap = torch.where(finite, lower - d - proof_margin(torch.where(finite, lower, d), d), lower)
+    gap = torch.nan_to_num(gap, nan=-1e30, posinf=float("inf"), neginf=-1e30)
+    return gap.max(1).values
+
+
+def best_rows(lower: Tensor, d: Tensor) -> Tensor:
+    """Per domain the row closest to being proved (largest ``lower - d``)."""
+    return torch.nan_to_num(lower - d, nan=-float("inf")).argmax(1)
+
+
+def violation(model, x: Tensor, C: Tensor, d: Tensor) -> Tensor:
+    """``max_i (C f(x) - d)_i`` per point: ``<= 0`` means ``x`` violates the property."""
+    with torch.no_grad():
+        y = model.forward(x)
+    return (y @ C.T - d).max(1).values
+
+
+def linear_minimiser(a_input: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """``argmin over the box of a . x``: ``l`` where ``a > 0``, ``u`` elsewhere (flattened ``(k, n)``)."""
+    a = a_input.reshape(lower.shape)
+    return torch.where(a > 0, lower, upper)
+
+
+def split_box(lower: Tensor, upper: Tensor, dim: Tensor, point: Tensor) -> tuple[Tensor, Tensor]:
+    """Two children per domain, ``(2k, n)``: first all left halves (``x_dim <= point``), then all right."""
+    rows = torch.arange(lower.shape[0], device=lower.device)
+    left_up = upper.clone()
+    left_up[rows, dim] = point
+    right_low = lower.clone()
+    right_low[rows, dim] = point
+    return torch.cat([lower, right_low]), torch.cat([left_up, upper])
+
+
+# ---------------------------------------------------------------------------------------- bounding
+def bound_input_boxes(graph: Graph, propagator, lower: Tensor, upper: Tensor, C: Tensor,
+                      alpha_iterations: int = 0) -> tuple[Tensor, Tensor]:
+    """CROWN (CROWN intermediate boxes) on ``(B, n)`` boxes: row lower bounds ``(B, m)`` and the
+    coefficients ``(B, m, n)`` reaching the input (from the CROWN pass)."""
+    batch = lower.shape[0]
+    with torch.no_grad():
+        bounds = propagate_bounds(graph, lower, upper, DefaultRelaxations, propagator, CrownOptions())
+        coeffs = spec_coefficients(C, graph, batch, lower)
+        record = {graph.input_name: None}
+        lb = propagator.lower_bound(graph.output_name, coeffs, bounds, DefaultRelaxations(bounds), record=record)
+        lb = close_infeasible(lb, bounds)
+    a = record[graph.input_name]
+    a = coeffs.new_zeros((batch, C.shape[-2], lower.shape[1])) if a is None else a.reshape(batch, C.shape[-2], -1)
+    if alpha_iterations > 0:
+        optimised, _, _, _ = alpha_crown(graph, lower, upper, C, AlphaOptions(iterations=alpha_iterations,
+                                         optimize_intermediate=False), propagator=propagator, need_upper=False)
+        lb = torch.maximum(lb, optimised)
+    return lb, a
+
+
+def bound_activation_domains(graph: Graph, propagator, boxes: dict[str, tuple[Tensor, Tensor]], C: Tensor,
+                             iterations: int,
+                             learning_rate: float, alphas: dict | None = None, betas: dict | None = None,
+                             refine: bool = False) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], dict]:
+    """alpha/beta-CROWN with the stored node boxes fixed (IBP inside them, no CROWN re-run).
+
+    ``boxes`` holds the input box (under the input node's name) and a box per split target. With
+    ``refine``, one CROWN pass first re-bounds every intermediate node inside the stored boxes (so a split
+    in an early layer tightens the later layers' boxes; one backward pass per node, done once, not per
+    iteration). Returns row lower bounds ``(B, m)``, the (possibly tightened) boxes, and the parameters
+    (alphas keyed ``(output, node)``, betas ``("beta", node)``)."""
+    name = graph.input_name
+    input_box = boxes[name]
+    inner = {t: lu for t, lu in boxes.items() if t != name}
+    splits = SplitConstraints({t: lu[0] for t, lu in inner.items()}, {t: lu[1] for t, lu in inner.items()})
+    crown_lb = None
+    if refine:
+        crown_lb, _, refined = crown(graph, input_box[0], input_box[1], C, CrownOptions(), propagator,
+                                     need_upper=False, splits=splits)
+        inner = {t: (torch.maximum(refined[t][0], l), torch.minimum(refined[t][1], u)) for t, (l, u) in inner.items()}
+        splits = SplitConstraints({t: lu[0] for t, lu in inner.items()}, {t: lu[1] for t, lu in inner.items()})
+    options = AlphaOptions(iterations=iterations, learning_rate=learning_rate, optimize_intermediate=False,
+                           crown=CrownOptions(intermediate="ibp"))
+    lb, _, node_boxes, params = alpha_crown(graph, input_box[0], input_box[1], C, options, alphas=alphas,
+                                            propagator=propagator, need_upper=False, splits=splits, betas=betas)
+    new_boxes = {t: (torch.maximum(node_boxes[t][0], l), torch.minimum(node_boxes[t][1], u))
+                 for t, (l, u) in inner.items()}
+    new_boxes[name] = input_box
+    lb = lb.detach() if crown_lb is None else torch.maximum(lb.detach(), crown_lb)
+    return lb, new_boxes, params
+
+
+# ---------------------------------------------------------------------------------------- the search
+class _Search:
+    """State of one problem's BaB: the store, its field layout, and the falsification hooks."""
+
+    def __init__(self, model, problem: Problem, deadline: float, options: BabOptions) -> None:
+        self.model = model
+        self.graph: Graph = model.graph
+        self.propagator = model.propagator
+        self.problem = problem
+        self.deadline = deadline
+        self.options = options
+        self.C, self.d = problem.C, problem.d
+        self.store = DomainStore(options.max_memory_bytes, device=problem.C.device)
+        self.report = BabReport("timeout")
+        self.generator = torch.Generator(device=problem.C.device)
+        self.generator.manual_seed(options.seed)
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def batched_C(self, k: int) -> Tensor:
+        return self.C.unsqueeze(0).expand(k, *self.C.shape)
+
+    # -------------------------------------------------------------- falsification
+    def check_points(self, x: Tensor) -> np.ndarray | None:
+        """The first point (flattened) with a non-positive violation, as float64, else None."""
+        if x.shape[0] == 0:
+            return None
+        v = violation(self.model, x.reshape(x.shape[0], -1), self.C, self.d)
+        hits = torch.nonzero(v <= 0).flatten()
+        if hits.numel() == 0:
+            return None
+        best = hits[torch.argmin(v[hits])]
+        lower, upper = self.problem.lower.double(), self.problem.upper.double()
+        point = torch.minimum(torch.maximum(x.reshape(x.shape[0], -1)[best].double(), lower), upper)
+        return point.cpu().numpy()
+
+    def pgd_attack(self, x0: Tensor, lower: Tensor, upper: Tensor) -> np.ndarray | None:
+        from nlverify.verifier.attack import AttackOptions, ViolationTensors, pgd
+
+        k = x0.shape[0]
+        spec = ViolationTensors(self.C.unsqueeze(0).expand(k, *self.C.shape), self.d.unsqueeze(0).expand(k, -1),
+                                torch.arange(k, device=x0.device), lower, upper)
+        options = AttackOptions(steps=self.options.attack_steps, start_step=0.2, end_step=1e-3,
+                                seed=self.options.seed)
+        best_x, _ = pgd(self.model, spec, x0, torch.arange(k, device=x0.device), options, self.deadline)
+        return self.check_points(best_x)
+
+    # -------------------------------------------------------------- bookkeeping
+    def finish(self, status: str, counterexample: np.ndarray | None = None, message: str = "") -> BabReport:
+        self.report.status = status
+        self.report.counterexample = counterexample
+        self.report.open_domains = len(self.store)
+        self.report.max_depth = max(self.report.max_depth, self.store.max_depth())
+        self.report.worst_gap = self.store.min_gap() if len(self.store) else self.report.worst_gap
+        self.report.message = message
+        return self.report
+
+    def push_open(self, fields: dict[str, Tensor], lower: Tensor, depth: Tensor) -> None:
+        keep = ~closed_domains(lower, self.d)
+        self.report.domains += lower.shape[0]
+        if keep.any():
+            self.store.push({n: v[keep] for n, v in fields.items()}, domain_gap(lower[keep], self.d), depth[keep])
+
+    # -------------------------------------------------------------- input split
+    def run_input_split(self) -> BabReport:
+        self.report.mode = "input"
+        o = self.options
+        low, up = self.problem.lower.unsqueeze(0), self.problem.upper.unsqueeze(0)
+        lb, a = bound_input_boxes(self.graph, self.propagator, low, up, self.batched_C(1), o.input_alpha_iterations)
+        lb = torch.maximum(lb, self.problem.best_lower.unsqueeze(0))
+        self.push_open(self._input_fields(low, up, lb, a), lb, torch.zeros(1, dtype=torch.long, device=low.device))
+        while len(self.store):
+            if self.expired():
+                return self.finish("timeout")
+            self.report.rounds += 1
+            batch = self.store.pop(o.input_batch_domains)
+            f = batch.fields
+            low, up = f["low"], f["up"]
+            centre_or_corner = torch.cat([linear_minimiser(f["a"], low, up), (low + up) / 2])
+            found = self.check_points(centre_or_corner)
+            if found is None and o.attack_every and self.report.rounds % o.attack_every == 0:
+                worst = slice(0, min(o.attack_domains, len(batch)))
+                found = self.pgd_attack(linear_minimiser(f["a"][worst], low[worst], up[worst]), low[worst], up[worst])
+            if found is not None:
+                return self.finish("counterexample", found)
+            scores = input_split_scores(f["a"], low, up)
+            best, dim = scores.max(1)
+            if torch.isinf(best).any():
+                return self.finish("stuck", message="an open input box is too thin to split")
+            point = (low.gather(1, dim.unsqueeze(1)) + up.gather(1, dim.unsqueeze(1))).squeeze(1) / 2
+            child_low, child_up = split_box(low, up, dim, point)
+            parent_lb = f["lb"].repeat(2, 1)
+            lb, a = bound_input_boxes(self.graph, self.propagator, child_low, child_up,
+                                      self.batched_C(child_low.shape[0]), o.input_alpha_iterations)
+            lb = torch.maximum(lb, parent_lb)
+            depth = (batch.depth + 1).repeat(2)
+            self.report.max_depth = max(self.report.max_depth, int(depth.max()))
+            try:
+                self.push_open(self._input_fields(child_low, child_up, lb, a), lb, depth)
+            except DomainStoreFull as error:
+                return self.finish("memory", message=str(error))
+        return self.finish("proved")
+
+    def _input_fields(self, low: Tensor, up: Tensor, lb: Tensor, a: Tensor) -> dict[str, Tensor]:
+        rows = best_rows(lb, self.d)
+        a_best = a[torch.arange(a.shape[0], device=a.device), rows]
+        return {"low": low, "up": up, "lb": lb, "a": a_best}
+
+    # -------------------------------------------------------------- activation split
+    def root_boxes(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Node boxes at the root: CROWN's, intersected with any boxes the pipeline's bound stages left."""
+        low, up = self.problem.lower.unsqueeze(0), self.problem.upper.unsqueeze(0)
+        _, _, bounds = crown(self.graph, low, up, self.batched_C(1), CrownOptions(), self.propagator,
+                             need_upper=False)
+        known = getattr(self.problem, "boxes", None) or {}
+        boxes = {self.graph.input_name: (low.reshape(1, *self.graph.input_shape), up.reshape(1, *self.graph.input_shape))}
+        for t in self.targets:
+            if t == self.graph.input_name:
+                continue
+            l, u = bounds[t]
+            if t in known:
+                kl, ku = known[t]
+                l, u = torch.maximum(l, kl.reshape(l.shape)), torch.minimum(u, ku.reshape(u.shape))
+            boxes[t] = (l, torch.maximum(u, l))
+        return boxes
+
+    def run_activation_split(self) -> BabReport:
+        self.report.mode = "activation"
+        o = self.options
+        g = self.graph
+        self.targets = split_targets(g)
+        self.refine = _refine_intermediate(g, o)
+        names = [n.name for n in g.nonlinear_nodes()] + [g.input_name]
+        boxes = self.root_boxes()
+        lb, boxes, params = bound_activation_domains(g, self.propagator, boxes, self.batched_C(1),
+                                                     o.root_iterations, o.learning_rate)
+        lb = torch.maximum(lb, self.problem.best_lower.unsqueeze(0))
+        self.push_open(self._activation_fields(boxes, lb, params), lb, torch.zeros(1, dtype=torch.long,
+                                                                                  device=lb.device))
+        while len(self.store):
+            if self.expired():
+                return self.finish("timeout")
+            self.report.rounds += 1
+            batch = self.store.pop(o.batch_domains)
+            f, k = batch.fields, len(batch)
+            boxes = {n[len("low:"):]: (v, f["up:" + n[len("low:"):]]) for n, v in f.items() if n.startswith("low:")}
+            input_low, input_up = (b.reshape(k, -1) for b in boxes[g.input_name])
+            rows = best_rows(f["lb"], self.d)
+            coeffs = spec_coefficients(self.C[rows].unsqueeze(1), g, k, input_low)
+            _, coefficients = coefficients_at(g, self.propagator, boxes, coeffs, names)
+            coefficients = {n: a[:, 0] for n, a in coefficients.items()}
+            # falsification: the minimiser of the linear bound, sometimes refined by PGD
+            x_star = linear_minimiser(coefficients[g.input_name].reshape(k, -1), input_low, input_up)
+            anchors = anchor_values(g, x_star, boxes)
+            found = self.check_points(x_star)
+            if found is None and o.attack_every and self.report.rounds % o.attack_every == 0:
+                w = slice(0, min(o.attack_domains, k))
+                found = self.pgd_attack(x_star[w], input_low[w], input_up[w])
+            if found is not None:
+                return self.finish("counterexample", found)
+            decision = choose_splits(g, boxes, coefficients, o.branching, anchors)
+            if (torch.isinf(decision.score) & (decision.score < 0)).any():
+                return self.finish("stuck", message="an open domain has no neuron left to split")
+            child_boxes = self._split_boxes(boxes, decision)
+            parent = torch.arange(2 * k, device=input_low.device) % k
+            alphas, betas = self._warm_start(f, parent) if o.warm_start else (None, None)
+            lb, child_boxes, params = bound_activation_domains(
+                g, self.propagator, child_boxes, self.batched_C(2 * k), o.iterations, o.learning_rate, alphas, betas,
+                refine=self.refine)
+            lb = torch.maximum(lb, f["lb"][parent])
+            depth = batch.depth[parent] + 1
+            self.report.max_depth = max(self.report.max_depth, int(depth.max()))
+            try:
+                self.push_open(self._activation_fields(child_boxes, lb, params), lb, depth)
+            except DomainStoreFull as error:
+                return self.finish("memory", message=str(error))
+        return self.finish("proved")
+
+    def _split_boxes(self, boxes: dict[str, tuple[Tensor, Tensor]], decision) -> dict[str, tuple[Tensor, Tensor]]:
+        """Children boxes ``(2k, ...)``: the first ``k`` take ``x_j <= p``, the last ``k`` take ``x_j >= p``."""
+        out = {}
+        targets = split_targets(self.graph)
+        for name, (low, up) in boxes.items():
+            k = low.shape[0]
+            t = targets.index(name) if name in targets else -1
+            rows = torch.nonzero(decision.target == t).flatten() if t >= 0 else decision.target[:0]
+            left_up, right_low = up.clone().reshape(k, -1), low.clone().reshape(k, -1)
+            if rows.numel():
+                left_up[rows, decision.neuron[rows]] = decision.point[rows]
+                right_low[rows, decision.neuron[rows]] = decision.point[rows]
+            out[name] = (torch.cat([low, right_low.reshape(low.shape)]), torch.cat([left_up.reshape(up.shape), up]))
+        return out
+
+    def _activation_fields(self, boxes: dict, lb: Tensor, params: dict) -> dict[str, Tensor]:
+        fields = {"lb": lb}
+        for t, (l, u) in boxes.items():
+            fields["low:" + t], fields["up:" + t] = l, u
+        if self.options.warm_start:
+            for key, value in params.items():
+                if key[0] == "beta":
+                    fields["beta_low:" + key[1]], fields["beta_up:" + key[1]] = value
+                elif key[0] == self.graph.output_name:
+                    fields["alpha:" + key[1]] = value.movedim(1, 0)  # domain axis first
+        return fields
+
+    def _warm_start(self, f: dict[str, Tensor], parent: Tensor) -> tuple[dict, dict]:
+        out = self.graph.output_name
+        alphas = {(out, n[len("alpha:"):]): v[parent].movedim(0, 1) for n, v in f.items() if n.startswith("alpha:")}
+        betas = {n[len("beta_low:"):]: (v[parent], f["beta_up:" + n[len("beta_low:"):]][parent])
+                 for n, v in f.items() if n.startswith("beta_low:")}
+        return alphas, betas
+
+
+def refinement_cost(graph: Graph) -> float:
+    """Rough multiply-adds per domain of one CROWN pass over all split targets: for each target, its
+    ``2 n`` rows times the neurons of every node between it and the input."""
+    total = 0.0
+    sizes = {n.name: n.size for n in graph}
+    for t in split_targets(graph):
+        if t == graph.input_name:
+            continue
+        # ancestors() is cached on the propagator; recomputing here is cheap (once per problem)
+        ancestors = [n for n in graph if n.name != t]
+        total += 2 * sizes[t] * sum(sizes[a.name] for a in ancestors[:list(graph.nodes).index(t)])
+    return total
+
+
+def _refine_intermediate(graph: Graph, options: BabOptions) -> bool:
+    if options.refine_intermediate == "auto":
+        return refinement_cost(graph) <= options.refine_max_cost
+    return options.refine_intermediate == "on"
+
+
+def _mode(model, options: BabOptions) -> str:
+    if options.mode not in SPLIT_MODES:
+        raise ValueError(f"unknown BaB mode '{options.mode}', expected one of {SPLIT_MODES}")
+    if options.mode != "auto":
+        return options.mode
+    return "input" if model.graph.num_inputs <= options.input_split_max_inputs else "activation"
+
+
+def bab_problem(model, problem: Problem, deadline: float, options: BabOptions | None = None) -> BabReport:
+    """Branch and bound on one problem until it is proved, falsified, or ``deadline`` (monotonic)."""
+    options = options or BabOptions()
+    start = time.monotonic()
+    search = _Search(model, problem, deadline, options)
+    mode = _mode(model, options)
+    report = search.run_input_split() if mode == "input" else search.run_activation_split()
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def branch_and_bound(model, problems: list[Problem], time_left: float, device: str = "cpu", seed: int = 0,
+                     options: BabOptions | None = None) -> list[ProblemOutcome]:
+    """The pipeline's BaB stage: one :class:`ProblemOutcome` per problem.
+
+    Problems are taken hardest first (lowest ``max_i (best_lower_i - d_i)``: most likely to hide a
+    counterexample). The search stops at the first problem that is falsified or left unproved, since
+    the verdict cannot be ``unsat`` after that; the remaining problems stay unproved."""
+    options = options or BabOptions(seed=seed)
+    deadline = time.monotonic() + time_left
+    outcomes = [ProblemOutcome() for _ in problems]
+    order = sorted(range(len(problems)),
+                   key=lambda i: float(torch.nan_to_num(problems[i].best_lower - problems[i].d, nan=-math.inf).max()))
+    for i in order:
+        report = bab_problem(model, problems[i], deadline, options)
+        log.info("bab problem (region %d, conjunction %d): %s after %d rounds, %d domains, depth %d, %.1fs%s",
+                 problems[i].region, problems[i].conjunction, report.status, report.rounds, report.domains,
+                 report.max_depth, report.seconds, f" ({report.message})" if report.message else "")
+        if report.status == "proved":
+            outcomes[i].proved = True
+            continue
+        if report.status == "counterexample":
+            outcomes[i].counterexample = report.counterexample
+        break
+    return outcomes

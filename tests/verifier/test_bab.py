@@ -1,0 +1,121 @@
+"""Branch and bound on tiny networks with answers known from an exhaustive grid: it proves the true
+``unsat`` thresholds, falsifies the ``sat`` ones (with a point that really violates), never the reverse;
+split points p != 0 close proofs; the pipeline hook reaches it."""
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from netgen import export, make_net
+from nlverify.model import load_onnx
+from nlverify.verifier.bab import BabOptions, bab_problem, branch_and_bound, domain_gap, closed_domains
+from nlverify.verifier.pipeline import Problem
+
+GRID = 601
+
+
+def _model(tmp_path, activation: str, seed: int = 1):
+    net, shape = make_net(activation, "mlp", seed=seed, width=16, inputs=2, outputs=1)
+    return load_onnx(export(net, shape, tmp_path / f"{activation}.onnx"))
+
+
+def _grid_max(model) -> float:
+    g = torch.linspace(-1, 1, GRID)
+    with torch.no_grad():
+        return float(model.forward(torch.cartesian_prod(g, g))[:, 0].max())
+
+
+def _problem(threshold: float) -> Problem:
+    """Violation ``y >= threshold`` on ``[-1, 1]^2`` written as ``-y <= -threshold``."""
+    return Problem(0, 0, -torch.ones(2), torch.ones(2), torch.tensor([[-1.0]]), torch.tensor([-threshold]),
+                   torch.tensor([-math.inf]))
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "sin", "gelu"])
+def test_input_split_proves_true_bound_and_falsifies_below_it(tmp_path, activation):
+    model = _model(tmp_path, activation)
+    top = _grid_max(model)
+    margin = 0.02 * max(1.0, abs(top))
+    proved = bab_problem(model, _problem(top + margin), time.monotonic() + 20, BabOptions(mode="input"))
+    assert proved.status == "proved", proved
+    found = bab_problem(model, _problem(top - margin), time.monotonic() + 20, BabOptions(mode="input"))
+    assert found.status == "counterexample"
+    with torch.no_grad():
+        y = float(model.forward(torch.as_tensor(found.counterexample, dtype=torch.float32).unsqueeze(0))[0, 0])
+    assert y >= top - margin and (abs(found.counterexample) <= 1).all()
+
+
+@pytest.mark.parametrize("activation,margin", [("relu", 0.02), ("sigmoid", 0.02), ("sin", 0.05)])
+def test_activation_split_proves_and_falsifies(tmp_path, activation, margin):
+    model = _model(tmp_path, activation)
+    top = _grid_max(model)
+    options = BabOptions(mode="activation")
+    proved = bab_problem(model, _problem(top + margin), time.monotonic() + 25, options)
+    assert proved.status == "proved", proved
+    found = bab_problem(model, _problem(top - margin), time.monotonic() + 20, options)
+    assert found.status == "counterexample"
+
+
+def test_never_proves_a_satisfiable_problem(tmp_path):
+    """Thresholds just below the true maximum: BaB may time out, but must never say proved."""
+    model = _model(tmp_path, "tanh")
+    top = _grid_max(model)
+    for mode in ("input", "activation"):
+        report = bab_problem(model, _problem(top - 1e-3), time.monotonic() + 4, BabOptions(mode=mode))
+        assert report.status != "proved"
+
+
+def test_split_point_inside_interval_closes_proof(tmp_path):
+    """``y = sigmoid(x) - 0.2 x`` on ``[1, 5]``: sigmoid is concave there, so its upper line is a tangent
+    and CROWN's upper bound is loose; 0 is outside the interval, so every split is at some p != 0, and
+    those splits must close ``y <= max y + 1e-3``."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(np.array([[w]], dtype=np.float32), n)
+               for n, w in (("W1", 1.0), ("W2", 1.0), ("W3", -0.2))]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Sigmoid", ["h"], ["s"]),
+             helper.make_node("MatMul", ["s", "W2"], ["a"]), helper.make_node("MatMul", ["x", "W3"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "bump", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    onnx.save(proto, tmp_path / "bump.onnx")
+    model = load_onnx(tmp_path / "bump.onnx")
+    x = torch.linspace(1, 5, 100_001)
+    top = float((torch.sigmoid(x) - 0.2 * x).max())
+    problem = Problem(0, 0, torch.ones(1), 5 * torch.ones(1), torch.tensor([[-1.0]]), torch.tensor([-(top + 1e-3)]),
+                      torch.tensor([-math.inf]))
+    from nlverify.bounds.crown import crown
+    root, _, _ = crown(model.graph, problem.lower.unsqueeze(0), problem.upper.unsqueeze(0), -torch.ones(1, 1, 1))
+    assert float(root) < -(top + 1e-3)  # CROWN alone cannot prove it
+    # without multipliers the split h <= p never reaches the -0.2 x term (x is bounded on the whole box):
+    # the beta terms are what carry the split to the output
+    report = bab_problem(model, problem, time.monotonic() + 20, BabOptions(mode="activation", root_iterations=0))
+    assert report.status == "proved" and report.rounds > 0
+    cold = bab_problem(model, problem, time.monotonic() + 3, BabOptions(mode="activation", root_iterations=0,
+                                                                        iterations=0))
+    assert cold.status != "proved"
+
+
+def test_gap_and_closing_rules():
+    d = torch.tensor([0.0, 1.0])
+    lower = torch.tensor([[0.5, -1.0], [-0.1, 0.9], [float("inf"), float("inf")], [float("nan"), 0.0]])
+    assert closed_domains(lower, d).tolist() == [True, False, True, False]
+    gap = domain_gap(lower, d)
+    assert gap[0] > 0 and gap[1] < 0 and gap[2] == float("inf") and torch.isfinite(gap[3])
+
+
+def test_pipeline_hook_returns_one_outcome_per_problem(tmp_path):
+    model = _model(tmp_path, "relu")
+    top = _grid_max(model)
+    problems = [_problem(top + 0.05), _problem(top + 0.1)]
+    outcomes = branch_and_bound(model, problems, time_left=20)
+    assert len(outcomes) == 2 and all(o.proved for o in outcomes)
+    outcomes = branch_and_bound(model, [_problem(top + 0.05), _problem(top - 0.05)], time_left=20)
+    assert any(o.counterexample is not None for o in outcomes) and not all(o.proved for o in outcomes)
