@@ -5,7 +5,10 @@ Pipeline (each step in its own module):
 1. :mod:`network` -- extract ``W_1..W_K`` and activation classes; normalise every weight by a
    power of two (exact, see :func:`network.normalized`); thin-SVD of ``W_1`` for the solve.
 2. :mod:`methods` / :mod:`lipsdp` / :mod:`maxmin` -- one QC family per layer; solve
-   ``min rho s.t. M(rho, lambda) << 0`` with cvxpy (SCS by default).
+   ``min rho s.t. M(rho, lambda) << 0``. Backends (``solver=``): ``auto`` (default) -- the barrier
+   method of :mod:`barrier` when every activation is slope-restricted, else ``SCS``;
+   ``SCS`` -- SCS called directly with the chordal decomposition of :mod:`scs_direct`;
+   ``SCS-CVXPY``, ``CLARABEL`` or any other cvxpy solver name -- the cvxpy model of :mod:`lipsdp`.
 3. :mod:`certify` -- project multipliers, prove ``M(rho) < 0`` in float64 for the *full* weights
    and return ``sqrt(rho)`` rounded up. If the certified value exceeds the raw SDP value by more
    than ``gap_target`` (or certification fails), re-solve with 10x tighter tolerance, warm-started,
@@ -23,6 +26,7 @@ import numpy as np
 from torch import nn
 
 from .certify import certify_rho, qc_blocks, sqrt_up
+from . import barrier, scs_direct
 from .lipsdp import build_lmi_problem, solve_lmi
 from .lower import sampled_lower_bound
 from .methods import canonical_method, make_qcs
@@ -51,16 +55,52 @@ def as_network(model: nn.Module | LipNetwork | str | Path, input_shape: Sequence
     raise TypeError(f"cannot compute a Lipschitz bound for {type(model).__name__}")
 
 
+class _Backend:
+    """One solver backend behind a common ``solve(eps, max_iters, warm_start)``."""
+
+    def __init__(self, solver: str, weights, qcs, time_limit: float | None = None) -> None:
+        name = solver.upper()
+        if name == "AUTO":
+            name = "BARRIER" if barrier.supports(qcs) else "SCS"
+        self.name, self.time_limit = name, time_limit
+        if name == "BARRIER":
+            self.problem = barrier.build_barrier(weights, qcs)
+        elif name in ("SCS", "SCS-DIRECT", "SCS-FULL"):
+            self.problem = scs_direct.build_direct(weights, qcs, chordal=name != "SCS-FULL")
+        else:
+            self.problem = build_lmi_problem(weights, qcs)
+        self.build_s, self.lmi_size = self.problem.build_s, self.problem.lmi_size
+
+    def initial_eps(self, eps: float) -> float:
+        # the barrier's eps is a relative duality gap on rho (its iterates are strictly feasible)
+        return min(100 * eps, 1e-3) if self.name == "BARRIER" else eps
+
+    def solve(self, eps: float, max_iters: int | None, warm_start: bool):
+        if self.name == "BARRIER":
+            res = barrier.solve_barrier(self.problem, eps, max_iters, warm_start, self.time_limit)
+            if res.values and math.isfinite(res.rho):  # report the optimum's estimate from below
+                res.rho = max(res.rho - res.tolerances.get("duality_gap_estimate", 0.0), 0.0)
+            return res
+        if self.name in ("SCS", "SCS-DIRECT", "SCS-FULL"):
+            return scs_direct.solve_direct(self.problem, eps, max_iters, warm_start, time_limit=self.time_limit)
+        solver = "SCS" if self.name == "SCS-CVXPY" else self.name
+        return solve_lmi(self.problem, solver, eps, max_iters, warm_start=warm_start)
+
+
 def lipschitz_bound(model: nn.Module | LipNetwork | str | Path, norm: int | str = 2,
-                    method: str = "neuron", solver: str = "SCS", eps: float = 1e-6,
+                    method: str = "neuron", solver: str = "auto", eps: float = 1e-6,
                     input_shape: Sequence[int] | None = None, activation: str | None = None,
                     gap_target: float = 1e-3, max_resolves: int = 3, max_iters: int | None = None,
-                    lower_samples: int = 256, seed: int = 0) -> LipschitzCertificate:
+                    lower_samples: int = 256, seed: int = 0, time_limit: float | None = None) -> LipschitzCertificate:
     """Certified l2 Lipschitz bound of ``model`` (valid for all biases). See the module docstring.
 
     ``model``: an ``nn.Sequential`` (Linear/Conv/BatchNorm(eval)/Flatten + activations), a
     :class:`LipNetwork`, or a ``.mat`` file (``activation`` picks the activation for weight files).
     ``method``: ``neuron`` | ``layer`` | ``maxmin-qc`` | ``maxmin-elim`` | ``auto``.
+    ``solver``: ``auto`` | ``barrier`` | ``SCS`` (direct, chordal) | ``SCS-FULL`` (direct, one cone) |
+    ``SCS-CVXPY`` | ``CLARABEL`` (see the module docstring). ``time_limit``: seconds per solve
+    (the best iterate so far is certified). ``eps``: solver tolerance (the barrier starts at a
+    relative gap of ``min(100 eps, 1e-3)``); tightened 10x per re-solve.
     """
     if str(norm) not in ("2", "l2"):
         raise NotImplementedError("only the l2 norm is implemented (norm=2)")
@@ -69,14 +109,14 @@ def lipschitz_bound(model: nn.Module | LipNetwork | str | Path, norm: int | str 
     net_n, exponent = normalized(net)
     solve_weights = [reduce_input(net_n.weights[0])] + net_n.weights[1:]
     qcs = make_qcs(net_n.activations, net_n.hidden_dims, method)
-    built = build_lmi_problem(solve_weights, qcs)
+    backend = _Backend(solver, solve_weights, qcs, time_limit)
 
     best_rho, best_values, best_raw = math.inf, None, math.nan
     status, iterations, tolerances = "unsolved", None, {}
-    build_s, solve_s, certify_s = built.build_s, 0.0, 0.0
-    cur_eps, resolves = eps, 0
+    build_s, solve_s, certify_s = backend.build_s, 0.0, 0.0
+    cur_eps, resolves = backend.initial_eps(eps), 0
     for attempt in range(max_resolves + 1):
-        res = solve_lmi(built, solver, cur_eps, max_iters, warm_start=attempt > 0)
+        res = backend.solve(cur_eps, max_iters, warm_start=attempt > 0)
         build_s += res.build_s if attempt == 0 else 0.0
         solve_s += res.solve_s + (res.build_s if attempt > 0 else 0.0)
         status, iterations, tolerances, resolves = res.status, res.iterations, res.tolerances, attempt
@@ -109,8 +149,8 @@ def lipschitz_bound(model: nn.Module | LipNetwork | str | Path, norm: int | str 
     lower_s = time.perf_counter() - start
     return LipschitzCertificate(
         bound=bound, sdp_certified=sdp_certified, sdp_value=sdp_value, product_bound=product, lower_bound=lower, method=method,
-        solver=solver.upper(), status=status, certified_by=certified_by, norm="2",
-        tolerances=tolerances, iterations=iterations, lmi_size=built.lmi_size, build_s=build_s,
+        solver=backend.name, status=status, certified_by=certified_by, norm="2",
+        tolerances=tolerances, iterations=iterations, lmi_size=backend.lmi_size, build_s=build_s,
         solve_s=solve_s, certify_s=certify_s, resolves=resolves, rho=best_rho,
         scale_exponent=exponent, activations=[a.to_dict() for a in net.activations],
         multipliers=multipliers, lower_s=lower_s)

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help=".mat weights file or .onnx model")
     p.add_argument("--norm", choices=["2", "inf"], default="2", help="input/output norm (only 2 so far)")
     p.add_argument("--method", choices=list(METHODS) + ["auto"], default="auto")
-    p.add_argument("--solver", default="SCS", help="cvxpy solver (SCS, CLARABEL)")
+    p.add_argument("--solver", default="auto", help="auto | barrier | SCS (direct, chordal) | SCS-FULL | SCS-CVXPY | CLARABEL")
     p.add_argument("--eps", type=float, default=1e-6, help="initial solver tolerance")
     p.add_argument("--activation", default=None,
                    help="activation for .mat files (relu, tanh, maxmin, ...; default from the file name)")

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import cvxpy as cp
 import numpy as np
+import scipy.sparse as sp
 
 from .activations import ActivationSpec
 from .lmi import Blocks, LayerQC, assemble_cvx
@@ -56,6 +57,28 @@ class SlopeNeuronQC(LayerQC):
     def variable_values(self) -> dict[str, np.ndarray]:
         return {"t": np.asarray(self.t.value, dtype=np.float64)}
 
+    def variable_shapes(self):
+        return {"t": (self.size,)}
+
+    def nonneg_names(self):
+        return ("t",)
+
+    def linear_blocks(self, weight):
+        """Closed form: ``t_i`` enters ``-alpha beta w_i w_i^T``, ``(alpha+beta)/2 W^T e_i e_i^T``
+        and ``-e_i e_i^T`` (``w_i`` the i-th row of W)."""
+        a, b = self.spec.alpha, self.spec.beta
+        n_b, n_a = weight.shape
+        if a * b != 0:
+            c11 = sp.csc_matrix((-a * b) * np.einsum("ia,ib->abi", weight, weight).reshape(n_a * n_a, n_b))
+        else:
+            c11 = sp.csc_matrix((n_a * n_a, n_b))
+        rows = (np.arange(n_a)[None, :] * n_b + np.arange(n_b)[:, None]).ravel()  # (a, i) -> a*n_b + i
+        cols = np.repeat(np.arange(n_b), n_a)
+        c12 = sp.csc_matrix((((a + b) / 2) * weight.ravel(), (rows, cols)), shape=(n_a * n_b, n_b))
+        c22 = sp.csc_matrix((-np.ones(n_b), (np.arange(n_b) * (n_b + 1), np.arange(n_b))),
+                            shape=(n_b * n_b, n_b))
+        return c11, c12, c22
+
     def project(self, values):
         return {"t": np.maximum(np.asarray(values["t"], dtype=np.float64), 0.0)}
 
@@ -83,6 +106,17 @@ class SlopeLayerQC(SlopeNeuronQC):
 
     def variable_values(self):
         return {"t": np.full(self.size, float(self.t.value))}
+
+    def variable_shapes(self):
+        return {"t": ()}
+
+    def values_from_flat(self, flat):
+        return {"t": np.full(self.size, float(np.asarray(flat).ravel()[0]))}
+
+    def linear_blocks(self, weight):
+        c11, c12, c22 = SlopeNeuronQC.linear_blocks(self, weight)
+        one = np.ones((self.size, 1))
+        return (sp.csc_matrix(c11 @ one), sp.csc_matrix(c12 @ one), sp.csc_matrix(c22 @ one))
 
 
 @dataclass

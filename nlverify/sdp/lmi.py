@@ -26,6 +26,7 @@ from typing import Sequence
 
 import cvxpy as cp
 import numpy as np
+import scipy.sparse as sp
 
 from .activations import ActivationSpec
 
@@ -59,7 +60,59 @@ class LayerQC(ABC):
 
     @abstractmethod
     def numpy_blocks(self, values: dict[str, np.ndarray]) -> Blocks:
-        """``(Q11, Q12, Q22)`` for *valid* (projected) multipliers, None for zero blocks."""
+        """``(Q11, Q12, Q22)`` for *valid* (projected) multipliers, None for zero blocks.
+
+        Must be *linear* in ``values`` (no projection inside): :meth:`linear_blocks` relies on it."""
+
+    # ---- solver-independent description of the multipliers (used by the direct SCS backend)
+
+    @abstractmethod
+    def variable_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every multiplier, in the order of the flattened variable vector."""
+
+    def nonneg_names(self) -> tuple[str, ...]:
+        """Multipliers constrained to be elementwise >= 0 (all others are free)."""
+        return ()
+
+    @property
+    def num_variables(self) -> int:
+        return int(sum(int(np.prod(s)) for s in self.variable_shapes().values()))
+
+    def values_from_flat(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Split a flat variable vector into the dict :meth:`variable_values` would return."""
+        out, pos = {}, 0
+        for name, shape in self.variable_shapes().items():
+            n = int(np.prod(shape))
+            out[name] = np.asarray(flat[pos:pos + n], dtype=np.float64).reshape(shape)
+            pos += n
+        return out
+
+    def nonneg_mask(self) -> np.ndarray:
+        """Boolean mask over the flat variable vector: True where the entry must be >= 0."""
+        keep = set(self.nonneg_names())
+        return np.concatenate([np.full(int(np.prod(s)), name in keep)
+                               for name, s in self.variable_shapes().items()] or [np.zeros(0, bool)])
+
+    def linear_blocks(self, weight: np.ndarray) -> tuple[sp.csc_matrix, sp.csc_matrix, sp.csc_matrix]:
+        """The layer's contribution to M as sparse linear maps of the flat multiplier vector l:
+
+        ``vec(W^T Q11 W) = C11 l``, ``vec(W^T Q12) = C12 l``, ``vec(Q22) = C22 l`` (row-major vec).
+        Default: evaluate :meth:`numpy_blocks` on unit vectors (exact for a linear map; subclasses
+        with many multipliers override it with a closed form)."""
+        n_a, n_b = weight.shape[1], weight.shape[0]
+        cols11, cols12, cols22 = [], [], []
+        nv = self.num_variables
+        for j in range(nv):
+            unit = np.zeros(nv)
+            unit[j] = 1.0
+            q11, q12, q22 = self.numpy_blocks(self.values_from_flat(unit))
+            cols11.append(sp.csc_matrix((weight.T @ q11 @ weight).reshape(-1, 1)) if q11 is not None
+                          else sp.csc_matrix((n_a * n_a, 1)))
+            cols12.append(sp.csc_matrix((weight.T @ q12).reshape(-1, 1)) if q12 is not None
+                          else sp.csc_matrix((n_a * n_b, 1)))
+            cols22.append(sp.csc_matrix(np.asarray(q22).reshape(-1, 1)))
+        return (sp.hstack(cols11, format="csc"), sp.hstack(cols12, format="csc"),
+                sp.hstack(cols22, format="csc"))
 
 
 def block_sizes(weights: Sequence[np.ndarray]) -> list[int]:

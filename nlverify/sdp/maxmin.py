@@ -90,6 +90,9 @@ class _SumPreservingQC(LayerQC):
         q22 = s.T @ hz + hz.T @ s
         return q11, q12, q22
 
+    def _free_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"H_v": (self.groups, self.size), "H_z": (self.groups, self.size)}
+
     def _free_values(self) -> dict[str, np.ndarray]:
         return {"H_v": np.asarray(self.h_v.value, dtype=np.float64),
                 "H_z": np.asarray(self.h_z.value, dtype=np.float64)}
@@ -113,6 +116,12 @@ class SortQC(_SumPreservingQC):
 
     def variable_values(self):
         return {"mu": np.asarray(self.mu.value, dtype=np.float64), **self._free_values()}
+
+    def variable_shapes(self):
+        return {"mu": (self.groups,), **self._free_shapes()}
+
+    def nonneg_names(self):
+        return ("mu",)
 
     def project(self, values):
         return {**values, "mu": np.maximum(np.asarray(values["mu"], dtype=np.float64), 0.0)}
@@ -151,6 +160,12 @@ class MaxMinElimQC(_SumPreservingQC):
 
     def variable_values(self):
         return {"t": np.asarray(self.t.value, dtype=np.float64), **self._free_values()}
+
+    def variable_shapes(self):
+        return {"t": (self.groups,), **self._free_shapes()}
+
+    def nonneg_names(self):
+        return ("t",)
 
     def project(self, values):
         return {**values, "t": np.maximum(np.asarray(values["t"], dtype=np.float64), 0.0)}
