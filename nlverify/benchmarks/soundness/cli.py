@@ -26,6 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     parser = subparsers.add_parser("soundness", help="hidden-counterexample suites and verifier soundness checks",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(run=run)
     sub = parser.add_subparsers(dest="soundness_command", required=True)
     gen = sub.add_parser("generate", help="write a suite (VNN-COMP layout) and its answer key")
     gen.add_argument("out", type=Path, help="suite folder (onnx/, vnnlib/, instances.csv)")
