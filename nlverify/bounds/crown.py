@@ -25,6 +25,7 @@ from nlverify.bounds.relax import (
     LinearRelaxation, PlaneRelaxation, binary_relaxation, unary_relaxation,
 )
 from nlverify.graph import Graph, Node
+from nlverify.verifier import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
 
 RelaxationFor = Callable[[Node, str], "LinearRelaxation | PlaneRelaxation"]
 
@@ -109,6 +110,7 @@ class BackwardPropagator:
         *shape)``) that reach that node's output are stored under its name, i.e. the bound is
         ``A . x_node + (terms of the other nodes)``; a key whose node is not reached is left as is.
         Recording reads the tensors only and never changes the bound."""
+        if faults.ACTIVE: relaxation_for = faults.skip_intercept(self.graph, relaxation_for)  # TEST-ONLY fault hook
         pending: dict[str, Tensor] = {start: coeffs}
         constant = coeffs.new_zeros(coeffs.shape[:2])
         for node in self.ancestors(start):
@@ -254,6 +256,7 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
             n = node.size
             low = torch.maximum(low, both[:, :n].reshape(low.shape))
             up = torch.minimum(up, -both[:, n:].reshape(up.shape))
+        if faults.ACTIVE: low, up = faults.tighten_intermediate(low, up)  # TEST-ONLY fault hook (faults.py)
         if splits is not None and node.name in splits.nodes():
             low, up = splits.restrict(node.name, low, up)
             empty = (low > up).flatten(1).any(1)

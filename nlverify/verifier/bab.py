@@ -51,6 +51,7 @@ from nlverify.bounds.crown import (
     spec_coefficients,
 )
 from nlverify.graph import Graph
+from nlverify.verifier import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
 from nlverify.verifier.branching import (
     anchor_values, choose_splits, coefficients_at, input_split_scores, split_targets,
 )
@@ -258,6 +259,7 @@ class _Search:
 
     def push_open(self, fields: dict[str, Tensor], lower: Tensor, depth: Tensor) -> None:
         keep = ~closed_domains(lower, self.d)
+        if faults.ACTIVE: keep = faults.drop_domains(keep)  # TEST-ONLY fault hook (faults.py)
         self.report.domains += lower.shape[0]
         if keep.any():
             self.store.push({n: v[keep] for n, v in fields.items()}, domain_gap(lower[keep], self.d), depth[keep])

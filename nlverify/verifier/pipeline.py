@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nlverify.verifier import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
 from nlverify.verifier.attack import AttackOptions, Candidate, attack, model_parameters, violation_tensors
 from nlverify.verifier.result import Verdict, validate_counterexample
 from nlverify.verifier.spec import Spec, check_against_model, parse_vnnlib
@@ -155,6 +156,8 @@ def _problems(spec: Spec, dtype: torch.dtype, device) -> list[Problem]:
     problems = [Problem(r, k, as_tensor(region.lower), as_tensor(region.upper), as_tensor(conj.C),
                         as_tensor(conj.d), torch.full((conj.C.shape[0],), -math.inf, dtype=dtype, device=device))
                 for r, region in enumerate(spec.regions) for k, conj in enumerate(region.disjuncts)]
+    for p in problems if faults.ACTIVE else ():  # TEST-ONLY fault hook (faults.py): shrink_box
+        p.lower, p.upper = faults.shrink_box(p.lower, p.upper)
     return problems
 
 
