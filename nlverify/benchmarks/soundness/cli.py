@@ -1,6 +1,7 @@
 """``nlverify soundness``: generate a hidden-counterexample suite, or run a verifier on one.
 
     nlverify soundness generate OUT [--key KEYDIR] [--activations A ...] [--size small|medium] [--seed N]
+                                [--prove-clean | --no-prove-clean] [--prove-timeout S]
     nlverify soundness run SUITE --key KEYDIR (--vnncomp-scripts DIR | --command 'TEMPLATE')
                            [--json] [--timeout-cap S] [--report-dir DIR]
 
@@ -18,6 +19,8 @@ from pathlib import Path
 __all__ = ["add_parser", "run"]
 
 EXIT_OK, EXIT_UNSOUND, EXIT_USAGE = 0, 1, 2
+PROVE_TIMEOUT_S = 20.0
+PROVE_CLEAN_BY_DEFAULT = {"small": True, "medium": False}  # small: ~16 decoys, about a minute more
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -37,6 +40,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     gen.add_argument("--size", choices=("small", "medium"), default="small")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--timeout", type=float, default=60.0, help="per-instance timeout written to instances.csv")
+    gen.add_argument("--prove-clean", action=argparse.BooleanOptionalAction, default=None,
+                     help="run our verifier (in-process) on every decoy the attack does not break and label "
+                          "it 'holds' when it answers unsat (default: on for --size small, off for medium)")
+    gen.add_argument("--prove-timeout", type=float, default=PROVE_TIMEOUT_S,
+                     help=f"seconds per decoy for --prove-clean (default {PROVE_TIMEOUT_S:g})")
     gen.add_argument("--quiet", action="store_true")
     runp = sub.add_parser("run", help="run a verifier on a suite and report unsound claims")
     runp.add_argument("suite", type=Path)
@@ -64,21 +72,25 @@ def _err(message: str) -> None:
 
 
 def _generate(args) -> int:
-    from .generate import generate_suite
+    from .generate import generate_suite, nlverify_clean_prover
 
     key = args.key or args.out.with_name(args.out.name + ".key")
     log = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    prove = PROVE_CLEAN_BY_DEFAULT[args.size] if args.prove_clean is None else args.prove_clean
     try:
+        if not args.prove_timeout > 0:
+            raise ValueError(f"--prove-timeout must be positive, got {args.prove_timeout:g}")
+        prover = nlverify_clean_prover(args.prove_timeout, log) if prove else None
         summary = generate_suite(args.out, key, activations=args.activations, size=args.size, seed=args.seed,
-                                 timeout=args.timeout, log=log)
+                                 timeout=args.timeout, clean_prover=prover, log=log)
     except (ValueError, OSError) as exc:
         _err(str(exc))
         return EXIT_USAGE
     print(f"{summary['instances']} instances ({summary['planted']} planted) in {args.out}, "
           f"key in {key}, {summary['seconds']:.0f} s")
     for act, counts in summary["per_activation"].items():
-        print(f"  {act:11s} planted {counts['planted']:3d}  clean {counts['clean']:3d}  "
-              f"({counts['seconds']:.0f} s)")
+        print(f"  {act:11s} planted {counts['planted']:3d}  clean {counts['clean']:3d}"
+              + (f" (holds {counts['clean_holds']:d})" if prove else "") + f"  ({counts['seconds']:.0f} s)")
     if summary["discarded"]:
         print(f"  discarded and rebuilt: {len(summary['discarded'])} (see {key}/summary.json)")
     return EXIT_OK

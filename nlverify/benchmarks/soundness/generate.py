@@ -53,12 +53,45 @@ __all__ = [
     "build_instance",
     "generate_suite",
     "CleanProver",
+    "nlverify_clean_prover",
 ]
 
 BASE_MARGIN = 1.0  # certified (interval) margin of the base network on the box
 CLASSES = 3
 INTERIOR = 0.7  # x* - x0 in [-0.7, 0.7] * eps per coordinate
 CleanProver = Callable[[Path, Path], str]  # (onnx, vnnlib) -> "holds" | "unknown"
+
+
+def nlverify_clean_prover(timeout: float = 20.0, log: Callable[[str], None] | None = None) -> CleanProver:
+    """Our own verifier as the clean prover: ``"holds"`` when
+    :func:`nlverify.verifier.pipeline.verify` answers ``unsat`` (run in-process, ``timeout`` seconds),
+    ``"unknown"`` for any other verdict or an error.
+
+    A ``holds`` label then rests on our verifier's proof. The harness re-checks every counterexample
+    with onnxruntime, so should another verifier later find a valid one on such an instance, it is
+    reported as ``key_contradicted``: a soundness bug of ours, not a wrong score. Refused (``ValueError``)
+    while a TEST-ONLY fault of :mod:`nlverify.verifier.faults` is active: an unsound prover would write
+    a wrong key."""
+    from nlverify.verifier import faults
+
+    if faults.ACTIVE:
+        raise ValueError(f"{faults.ENV_VAR} is set: our verifier is deliberately unsound and cannot be the "
+                         "clean prover; unset it or drop --prove-clean")
+    log = log or (lambda message: None)
+
+    def prove(onnx: Path, vnnlib: Path) -> str:
+        from nlverify.verifier.pipeline import verify
+        from nlverify.verifier.result import Verdict
+
+        try:
+            result = verify(onnx, vnnlib, timeout)
+        except Exception as exc:  # a decoy we cannot verify stays unknown; the suite is still usable
+            log(f"  clean prover failed on {Path(onnx).name}: {type(exc).__name__}: {exc}")
+            return "unknown"
+        return "holds" if result.verdict is Verdict.UNSAT else "unknown"
+
+    prove.description = f"nlverify verify (in-process, timeout {timeout:g} s)"
+    return prove
 
 
 @dataclass(frozen=True)
@@ -225,7 +258,8 @@ def generate_suite(out_dir: Union[str, Path], key_dir: Union[str, Path],
     """Write a VNN-COMP suite to ``out_dir`` and its answer key to ``key_dir/key.jsonl``.
 
     ``clean_prover`` (optional) upgrades a decoy's truth from ``unknown`` to
-    ``holds`` when it returns ``"holds"`` (meant for a complete verifier).
+    ``holds`` when it returns ``"holds"`` (meant for a complete verifier, e.g.
+    :func:`nlverify_clean_prover`); it runs with the generator's torch threads.
     Returns a summary (counts per activation, discarded plants, seconds, budget).
     """
     if planting != "constructive":
@@ -253,10 +287,13 @@ def generate_suite(out_dir: Union[str, Path], key_dir: Union[str, Path],
     taken: set[str] = set()
     versions = package_versions()
     rows, entries = [], []
-    summary: dict = {"per_activation": {}, "discarded": [], "budget": budget.to_dict(), "size": size, "seed": seed}
+    summary: dict = {"per_activation": {}, "discarded": [], "budget": budget.to_dict(), "size": size, "seed": seed,
+                     "clean_prover": None if clean_prover is None else
+                     getattr(clean_prover, "description", getattr(clean_prover, "__name__", "custom"))}
     try:
         for a_index, activation in enumerate(activations):
-            counts = {"planted": 0, "clean": 0, "clean_violated": 0, "seconds": 0.0, "attack_seconds": 0.0}
+            counts = {"planted": 0, "clean": 0, "clean_violated": 0, "clean_holds": 0, "seconds": 0.0,
+                      "attack_seconds": 0.0, "prover_seconds": 0.0}
             act_started = time.perf_counter()
             for c_index, config in enumerate(SIZES[size]):
                 entry = None
@@ -283,9 +320,12 @@ def generate_suite(out_dir: Union[str, Path], key_dir: Union[str, Path],
                 else:
                     counts["clean"] += 1
                     counts["clean_violated"] += entry["truth"] == "violated"
+                    counts["clean_holds"] += entry["truth"] == "holds"
+                    counts["prover_seconds"] += entry.get("prover_seconds", 0.0)
                 log(f"  {activation:10s} {config.kind}{config.input_shape} eps={config.eps} "
                     f"{'planted' if config.planted else 'decoy  '} truth={entry['truth']:8s} "
-                    f"attack {entry['attack']['seconds']:.1f}s")
+                    f"attack {entry['attack']['seconds']:.1f}s"
+                    + (f", prover {entry['prover_seconds']:.1f}s" if "prover_seconds" in entry else ""))
             counts["seconds"] = time.perf_counter() - act_started
             summary["per_activation"][activation] = counts
     finally:
@@ -350,8 +390,10 @@ def _write_instance(config: InstanceConfig, activation: str, seed: int, out_dir:
             y32 = ort_outputs(onnx_path, attack.x)
             if parsed.contains(attack.x) and parsed.violated_by(y32):
                 truth, counterexample = "violated", attack.x
-        elif clean_prover is not None and clean_prover(onnx_path, vnnlib_path) == "holds":
-            truth = "holds"
+        elif clean_prover is not None:
+            began = time.perf_counter()
+            truth = "holds" if clean_prover(onnx_path, vnnlib_path) == "holds" else "unknown"
+            entry["prover_seconds"] = round(time.perf_counter() - began, 3)
         entry.update({"truth": truth, "hidden": None, "counterexample": counterexample,
                       "margins": {"base_at_x_star": inst.base_margin_at_x_star, "decoy_gap": -inst.info["tau"]},
                       "needle_height": inst.height})
