@@ -3,9 +3,13 @@
     python benchmarks/lipschitz.py [--only NAME ...] [--out DIR] [--quick]
 
 Rows: the LipSDP README network (targets Neuron 36.482, Layer 39.839), Pauli et al.'s MaxMin MNIST
-MLPs (18fc_32: their SDP about 17432, product 73402.96), random ReLU nets 2x100 and 5x100 (input 100,
-output 10; reference optimum from an interior-point solve with Clarabel; target: SCS certified within
-0.1 % of it in <= 15 s). Prints a table and writes ``lipschitz.csv`` / ``lipschitz.json`` to DIR.
+MLPs (18fc_32: their SDP about 17432, product 73402.96), random ReLU nets 2x100, 5x100 and 8x200
+(input 10, output 10, N(0, 1/fan_in) weights, seed 0; targets: 5x100 certified within 0.1 % of the
+optimum in <= 15 s, 8x200 within 1 % in <= 60 s). The reference for the ReLU rows is the
+lower estimate ``rho - nu mu`` of a tight barrier solve (eps 1e-8; an estimate of the optimum from
+below, so "vs ref" over-states the distance), and for 2x100 also the direct SCS solve at eps 1e-7.
+l_inf rows: one logit (output 0) of the l_inf-trained MaxMin nets.
+Prints a table and writes ``lipschitz.csv`` / ``lipschitz.json`` to DIR.
 The reference weights are read from $NLVERIFY_SHARED/lipschitz (default ../shared/lipschitz).
 """
 from __future__ import annotations
@@ -30,7 +34,7 @@ from nlverify.sdp.activations import RELU  # noqa: E402
 SHARED = Path(os.environ.get("NLVERIFY_SHARED", ROOT / ".." / "shared")) / "lipschitz"
 
 
-def random_relu(hidden_layers: int, width: int = 100, n_in: int = 100, n_out: int = 10, seed: int = 0):
+def random_relu(hidden_layers: int, width: int = 100, n_in: int = 10, n_out: int = 10, seed: int = 0):
     rng = np.random.default_rng(seed)
     dims = [n_in] + [width] * hidden_layers + [n_out]
     weights = [rng.normal(size=(dims[i + 1], dims[i])) / np.sqrt(dims[i]) for i in range(len(dims) - 1)]
@@ -46,14 +50,20 @@ def cases(quick: bool):
         for method in ("maxmin-qc", "maxmin-elim"):
             ref = 17432.0 if name == "18fc_32" and method == "maxmin-qc" else None
             yield f"maxmin_{name}/{method}", path, dict(method=method), ref
-    for layers in (2, 5):
-        net = random_relu(layers)
-        yield f"relu_{layers}x100/neuron", net, dict(method="neuron"), lambda net=net: clarabel_reference(net)
+    for layers, width in ((2, 100), (5, 100), (8, 200)):
+        net = random_relu(layers, width)
+        yield f"relu_{layers}x{width}/neuron", net, dict(method="neuron"), lambda net=net: tight_reference(net)
+    if not quick:
+        yield "relu_2x100/neuron-SCS", random_relu(2, 100), dict(method="neuron", solver="SCS"), None
+    for name in ["2fc_16", "8fc_32"]:
+        path = SHARED / f"maxmin_weights_linf_{name}.mat"
+        yield f"maxmin_linf_{name}/y0", path, dict(method="maxmin-elim", norm="inf", output=0), None
 
 
-def clarabel_reference(net) -> float:
-    """Interior-point optimum of the same LMI (raw value, used only as the reference)."""
-    return lipschitz_bound(net, solver="CLARABEL", eps=1e-9, lower_samples=0, max_resolves=0).sdp_value
+def tight_reference(net) -> float:
+    """Barrier solve at a relative gap of 1e-8: ``sqrt(rho - nu mu)``, an estimate of the optimum
+    from below (used only as the reference)."""
+    return lipschitz_bound(net, solver="barrier", eps=1e-10, lower_samples=0, max_resolves=0).sdp_value
 
 
 def write_results(out: Path, rows: list[dict]) -> None:
@@ -81,8 +91,10 @@ def main() -> int:
         if isinstance(model, Path) and not model.is_file():
             print(f"{name:28s} skipped: {model} not found")
             continue
+        ref_start = time.perf_counter()
         if callable(ref):
             ref = ref()
+        ref_s = time.perf_counter() - ref_start
         start = time.perf_counter()
         cert = lipschitz_bound(model, **opts)
         total = time.perf_counter() - start
@@ -92,7 +104,8 @@ def main() -> int:
                    vs_reference=vs_ref, build_s=cert.build_s, solve_s=cert.solve_s, certify_s=cert.certify_s,
                    lower_s=cert.lower_s, total_s=total, status=cert.status, certified_by=cert.certified_by,
                    iterations=cert.iterations, resolves=cert.resolves, lmi_size=cert.lmi_size,
-                   eps=cert.tolerances.get("eps_abs"))
+                   eps=cert.tolerances.get("eps_abs", cert.tolerances.get("eps_gap")), solver=cert.solver,
+                   norm=cert.norm, reference_s=ref_s)
         rows.append(row)
         print(f"{name:28s} {cert.lower_bound:11.6g} {cert.bound:11.6g} {cert.sdp_value:11.6g} {cert.gap:9.2e} "
               f"{cert.product_bound:11.6g} {ref if ref else float('nan'):11.6g} {vs_ref:9.2e} "

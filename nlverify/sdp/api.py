@@ -91,7 +91,8 @@ def lipschitz_bound(model: nn.Module | LipNetwork | str | Path, norm: int | str 
                     method: str = "neuron", solver: str = "auto", eps: float = 1e-6,
                     input_shape: Sequence[int] | None = None, activation: str | None = None,
                     gap_target: float = 1e-3, max_resolves: int = 3, max_iters: int | None = None,
-                    lower_samples: int = 256, seed: int = 0, time_limit: float | None = None) -> LipschitzCertificate:
+                    lower_samples: int = 256, seed: int = 0, time_limit: float | None = None,
+                    output: int | Sequence[int] | None = None) -> LipschitzCertificate:
     """Certified l2 Lipschitz bound of ``model`` (valid for all biases). See the module docstring.
 
     ``model``: an ``nn.Sequential`` (Linear/Conv/BatchNorm(eval)/Flatten + activations), a
@@ -101,9 +102,17 @@ def lipschitz_bound(model: nn.Module | LipNetwork | str | Path, norm: int | str 
     ``SCS-CVXPY`` | ``CLARABEL`` (see the module docstring). ``time_limit``: seconds per solve
     (the best iterate so far is certified). ``eps``: solver tolerance (the barrier starts at a
     relative gap of ``min(100 eps, 1e-3)``); tightened 10x per re-solve.
+    ``norm="inf"``: l_inf -> |.| bound of one output ``output=k`` or a logit difference
+    ``output=(i, j)`` (:mod:`nlverify.sdp.linf`; SCS only).
     """
+    if str(norm) in ("inf", "linf"):
+        from .linf import linf_bound
+        return linf_bound(model, output, method, eps, max_resolves, max_iters, lower_samples, seed,
+                          input_shape, activation, time_limit)
     if str(norm) not in ("2", "l2"):
-        raise NotImplementedError("only the l2 norm is implemented (norm=2)")
+        raise NotImplementedError("norm must be 2 or inf")
+    if output is not None:
+        raise ValueError("output= is only used with norm='inf' (l2 bounds cover all outputs)")
     method = canonical_method(method)
     net, torch_model = as_network(model, input_shape, activation)
     net_n, exponent = normalized(net)

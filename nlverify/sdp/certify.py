@@ -82,17 +82,20 @@ def prove_negative_definite(m: np.ndarray, abs_m: np.ndarray, inner_dim: int) ->
     return DefinitenessProof(slack > 0, shift, c_form, c_chol, slack)
 
 
-def schur_estimate(m0: np.ndarray, n_in: int) -> float | None:
-    """``lambda_max(A - B C^{-1} B^T)``, or None when C is not (numerically) negative definite."""
+def schur_estimate(m0: np.ndarray, n_in: int, input_scale: np.ndarray | None = None) -> float | None:
+    """``lambda_max(D^-1/2 (A - B C^{-1} B^T) D^-1/2)`` (D = diag(input_scale), default I), or None
+    when C is not (numerically) negative definite."""
     a, b, c = m0[:n_in, :n_in], m0[:n_in, n_in:], m0[n_in:, n_in:]
+    r = np.ones(n_in) if input_scale is None else 1.0 / np.sqrt(np.asarray(input_scale, dtype=np.float64))
     if c.size == 0:
-        return float(np.linalg.eigvalsh(a).max())
+        return float(np.linalg.eigvalsh(a * r[:, None] * r[None, :]).max())
     try:
         lower = np.linalg.cholesky(-c)
     except np.linalg.LinAlgError:
         return None
     z = scipy.linalg.solve_triangular(lower, b.T, lower=True)
     s = a + z.T @ z
+    s = s * r[:, None] * r[None, :]
     return float(np.linalg.eigvalsh((s + s.T) / 2).max())
 
 
@@ -113,19 +116,21 @@ def qc_blocks(qcs: Sequence[LayerQC], values: Sequence[dict]) -> list[Blocks]:
     return [qc.numpy_blocks(qc.project(v)) for qc, v in zip(qcs, values)]
 
 
-def certify_rho(weights: Sequence[np.ndarray], blocks: Sequence[Blocks], max_attempts: int = 40) -> RhoCertificate:
-    """Smallest rho (up to a tiny margin) for which ``M(rho) < 0`` is proven."""
+def certify_rho(weights: Sequence[np.ndarray], blocks: Sequence[Blocks], max_attempts: int = 40,
+                input_scale: np.ndarray | None = None) -> RhoCertificate:
+    """Smallest rho (up to a tiny margin) for which ``M(rho) < 0`` is proven (input block
+    ``-rho diag(input_scale)`` when given, see :func:`nlverify.sdp.lmi.assemble_numpy`)."""
     n_in = weights[0].shape[1]
     inner = max(max(w.shape) for w in weights)
     m0, _ = assemble_numpy(weights, blocks, 0.0)
-    estimate = schur_estimate(m0, n_in)
+    estimate = schur_estimate(m0, n_in, input_scale)
     if estimate is None or not math.isfinite(estimate):
         return RhoCertificate(False, math.inf, math.nan, 0, "hidden block of the LMI not negative definite")
     base = max(estimate, 0.0)
     delta = max(base, 1e-300) * 1e-12
     for attempt in range(1, max_attempts + 1):
         rho = base + delta
-        m, abs_m = assemble_numpy(weights, blocks, rho)
+        m, abs_m = assemble_numpy(weights, blocks, rho, input_scale)
         proof = prove_negative_definite(m, abs_m, inner)
         if proof.ok:
             return RhoCertificate(True, rho, estimate, attempt, "", proof)
@@ -133,10 +138,11 @@ def certify_rho(weights: Sequence[np.ndarray], blocks: Sequence[Blocks], max_att
     return RhoCertificate(False, math.inf, estimate, max_attempts, "no rho passed the definiteness proof")
 
 
-def check_rho(weights: Sequence[np.ndarray], blocks: Sequence[Blocks], rho: float) -> DefinitenessProof:
+def check_rho(weights: Sequence[np.ndarray], blocks: Sequence[Blocks], rho: float,
+              input_scale: np.ndarray | None = None) -> DefinitenessProof:
     """Re-prove ``M(rho) < 0`` at a given rho (used by certificate verification)."""
     inner = max(max(w.shape) for w in weights)
-    m, abs_m = assemble_numpy(weights, blocks, rho)
+    m, abs_m = assemble_numpy(weights, blocks, rho, input_scale)
     return prove_negative_definite(m, abs_m, inner)
 
 

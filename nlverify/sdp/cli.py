@@ -16,7 +16,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("lipschitz", help="certified upper bound on the Lipschitz constant (LipSDP)",
                               description=__doc__)
     p.add_argument("model", metavar="MODEL", help=".mat weights file or .onnx model")
-    p.add_argument("--norm", choices=["2", "inf"], default="2", help="input/output norm (only 2 so far)")
+    p.add_argument("--norm", choices=["2", "inf"], default="2", help="2: l2 -> l2 over all outputs; inf: l_inf -> |.| of one output (--output)")
+    p.add_argument("--output", default=None,
+                   help="with --norm inf: output index k, or i,j for the logit difference y_i - y_j")
     p.add_argument("--method", choices=list(METHODS) + ["auto"], default="auto")
     p.add_argument("--solver", default="auto", help="auto | barrier | SCS (direct, chordal) | SCS-FULL | SCS-CVXPY | CLARABEL")
     p.add_argument("--eps", type=float, default=1e-6, help="initial solver tolerance")
@@ -31,12 +33,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from .api import lipschitz_bound
 
-    if args.norm != "2":
-        print("nlverify lipschitz: --norm inf is not implemented yet", file=sys.stderr)
-        return 2
     try:
-        cert = lipschitz_bound(args.model, method=args.method, solver=args.solver, eps=args.eps,
-                               activation=args.activation, lower_samples=args.samples)
+        output = None
+        if args.output is not None:
+            parts = [int(v) for v in str(args.output).split(",")]
+            output = parts[0] if len(parts) == 1 else tuple(parts)
+        cert = lipschitz_bound(args.model, norm=args.norm, method=args.method, solver=args.solver, eps=args.eps,
+                               activation=args.activation, lower_samples=args.samples, output=output)
     except (ValueError, NotImplementedError, OSError) as exc:
         print(f"nlverify lipschitz: error: {exc}", file=sys.stderr)
         return 2

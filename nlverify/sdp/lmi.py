@@ -120,8 +120,12 @@ def block_sizes(weights: Sequence[np.ndarray]) -> list[int]:
     return [weights[0].shape[1]] + [w.shape[0] for w in weights[:-1]]
 
 
-def assemble_numpy(weights: Sequence[np.ndarray], blocks: Sequence[Blocks], rho: float) -> tuple[np.ndarray, np.ndarray]:
+def assemble_numpy(weights: Sequence[np.ndarray], blocks: Sequence[Blocks], rho: float,
+                   input_scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``M(rho)`` and ``|M|``: the same assembly with absolute values of every factor.
+
+    ``input_scale`` (positive vector d, l_inf bounds): the input block gets ``-rho diag(d)``
+    instead of ``-rho I`` (one more rounding per diagonal entry, inside the allowance below).
 
     ``|M|`` bounds the rounding of the float assembly: every entry of the computed M differs
     from the exact one by at most ``gamma_{2 n_max + 16} |M|`` entrywise, ``n_max`` the widest
@@ -157,8 +161,9 @@ def assemble_numpy(weights: Sequence[np.ndarray], blocks: Sequence[Blocks], rho:
     m[sl(last), sl(last)] += wk.T @ wk
     a[sl(last), sl(last)] += np.abs(wk).T @ np.abs(wk)
     idx = np.arange(sizes[0])
-    m[idx, idx] -= rho
-    a[idx, idx] += abs(rho)
+    d = np.ones(sizes[0]) if input_scale is None else np.asarray(input_scale, dtype=np.float64)
+    m[idx, idx] -= rho * d
+    a[idx, idx] += np.abs(rho * d)
     return m, a
 
 

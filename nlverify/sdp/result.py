@@ -52,6 +52,7 @@ class LipschitzCertificate:
     activations: list[dict]
     multipliers: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     lower_s: float = 0.0
+    output: list | None = None  # l_inf bounds: the output vector c of y = c^T f(x)
 
     @property
     def gap(self) -> float:
@@ -104,6 +105,21 @@ def verify_certificate(cert: LipschitzCertificate, weights: Sequence[np.ndarray]
         net = LipNetwork(list(weights), specs)
     if cert.certified_by == "product":
         return cert.bound >= _certified_product(net)
+    if cert.norm == "inf" and cert.multipliers and cert.output is not None:
+        from .linf import scalar_network
+        net = scalar_network(net, np.asarray(cert.output, dtype=np.float64))
+        lam = np.asarray(cert.multipliers.get("input.lambda"), dtype=np.float64)
+        net_n, exponent = normalized(net)
+        if exponent != cert.scale_exponent or lam.shape != (net.input_dim,) or not np.all(lam > 0):
+            return False
+        qcs = make_qcs(net_n.activations, net_n.hidden_dims, cert.method)
+        layers = {k: v for k, v in cert.multipliers.items() if not k.startswith("input.")}
+        proof = check_rho(net_n.weights, qc_blocks(qcs, unpack_multipliers(layers, len(qcs))), cert.rho, lam)
+        u = 2.0 ** -53
+        total = float(np.nextafter(float(np.nextafter(math.fsum(lam) * (1 + 2 * lam.size * u), math.inf)) * cert.rho,
+                                   math.inf))
+        sdp_bound = math.ldexp(sqrt_up(total), exponent)
+        return bool(proof.ok and cert.bound >= sdp_bound and cert.sdp_certified >= sdp_bound)
     if cert.norm != "2" or not cert.multipliers:
         return False
     net_n, exponent = normalized(net)

@@ -108,8 +108,12 @@ class DirectSCSProblem:
         return self.a.shape[1]
 
 
-def build_direct(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC], chordal: bool = True) -> DirectSCSProblem:
-    """Assemble ``A, b, c`` and the cone (see the module docstring)."""
+def build_direct(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC], chordal: bool = True,
+                 input_diag: bool = False) -> DirectSCSProblem:
+    """Assemble ``A, b, c`` and the cone (see the module docstring).
+
+    ``input_diag`` (l_inf bounds, :mod:`nlverify.sdp.linf`): the input block is ``-diag(lambda)``,
+    ``lambda >= 0``, and the objective ``sum lambda`` (the first ``n_0`` variables) replaces rho."""
     start = time.perf_counter()
     weights = [np.asarray(w, dtype=np.float64) for w in weights]
     sizes = block_sizes(weights)
@@ -125,7 +129,8 @@ def build_direct(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC], chordal:
 
     # variable layout: [rho | layer 1 | ... | layer L | Y_1 ... Y_{L-1}]
     counts = [qc.num_variables for qc in qcs]
-    starts = np.concatenate([[1], 1 + np.cumsum(counts)]).astype(int)
+    n_obj = sizes[0] if input_diag else 1
+    starts = np.concatenate([[n_obj], n_obj + np.cumsum(counts)]).astype(int)
     layer_slices = [slice(int(starts[k]), int(starts[k + 1])) for k in range(n_hidden)]
     shared = [j for j in range(len(sizes)) if sum(j in blocks for blocks in cones) == 2]
     y_start, y_slices = int(starts[-1]), {}
@@ -140,7 +145,11 @@ def build_direct(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC], chordal:
         pieces = []
         off = offsets[q]
         # rho: -rho I on block 0
-        if 0 in blocks:
+        if 0 in blocks and input_diag:
+            idx = np.arange(sizes[0])
+            rows = svec_index(off[0] + idx, off[0] + idx, size)
+            pieces.append((0, sp.csc_matrix((-np.ones(idx.size), (rows, idx)), shape=(svec_len(size), idx.size))))
+        elif 0 in blocks:
             pieces.append((0, sp.csc_matrix(-_identity_svec(sizes[0], off[0], size).reshape(-1, 1))))
         for k, qc in enumerate(qcs, start=1):
             if layer_cone[k - 1] != q:
@@ -180,6 +189,7 @@ def build_direct(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC], chordal:
         b_margin.append(margin)
 
     nonneg = np.zeros(n_var, dtype=bool)
+    nonneg[:n_obj] = input_diag
     for qc, sl in zip(qcs, layer_slices):
         nonneg[sl] = qc.nonneg_mask()
     idx = np.flatnonzero(nonneg)
@@ -188,7 +198,7 @@ def build_direct(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC], chordal:
     b_const_all = np.concatenate([np.zeros(idx.size)] + b_const)
     b_margin_all = np.concatenate([np.zeros(idx.size)] + b_margin)
     c = np.zeros(n_var)
-    c[0] = 1.0
+    c[:n_obj] = 1.0
     cone = {"l": int(idx.size), "s": cone_sizes}
     return DirectSCSProblem(list(weights), list(qcs), chordal, a, b_const_all, b_margin_all, c, cone,
                             layer_slices, time.perf_counter() - start, int(sum(sizes)), cone_sizes)
@@ -230,4 +240,7 @@ def solve_direct(problem: DirectSCSProblem, eps: float = 1e-6, max_iters: int | 
         return SolveResult(float("nan"), [], status, int(info.get("iter", 0)), setup, wall - setup, tolerances)
     problem.last = {"x": x, "y": np.asarray(sol["y"]), "s": np.asarray(sol["s"])}
     values = [qc.values_from_flat(x[sl]) for qc, sl in zip(problem.qcs, problem.layer_slices)]
-    return SolveResult(float(x[0]), values, status, int(info.get("iter", 0)), setup, wall - setup, tolerances)
+    n_obj = problem.layer_slices[0].start if problem.layer_slices else int(np.sum(problem.c))
+    if problem.c[:n_obj].size > 1:
+        tolerances["input_multipliers"] = x[:n_obj].copy()
+    return SolveResult(float(problem.c @ x), values, status, int(info.get("iter", 0)), setup, wall - setup, tolerances)
