@@ -8,7 +8,9 @@ seen. Alphas are returned so that a later call (a BaB child, a tighter re-run) c
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -26,11 +28,18 @@ AlphaKey = tuple[str, str]  # (start node, nonlinear node)
 
 @dataclass
 class AlphaOptions:
+    """``iterations`` of Adam on the alphas (and betas); the loop also ends early at ``deadline``
+    (a ``time.monotonic()`` value) or when ``stop(best_lower_bounds)`` returns True (e.g. every
+    property row it needs is already proved). Every iterate is sound, so stopping early only costs
+    tightness."""
+
     iterations: int = 20
     learning_rate: float = 0.1
     lr_decay: float = 0.98
     optimize_intermediate: bool = True
     crown: CrownOptions = field(default_factory=CrownOptions)
+    deadline: float | None = None
+    stop: Callable[[Tensor], bool] | None = None
 
 
 def _family(node: Node):
@@ -126,6 +135,10 @@ def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = N
         else:
             best = torch.maximum(best, detached)
         if iteration == options.iterations or not parameters():
+            break
+        if options.stop is not None and options.stop(best):
+            break
+        if options.deadline is not None and time.monotonic() > options.deadline:
             break
         if optimiser is None:
             optimiser = torch.optim.Adam(parameters(), lr=options.learning_rate)

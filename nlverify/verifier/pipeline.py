@@ -178,9 +178,6 @@ def _batches(problems: list[Problem], max_rows: int) -> list[list[list[Problem]]
     return [call for call in calls if call]
 
 
-ALPHA_CHUNK = 3  # alpha-CROWN iterations between deadline checks
-
-
 def _bound_call(model, call: list[list[Problem]], method: str, options: PipelineOptions,
                 deadline: float | None = None) -> None:
     """One batched bound computation: B = regions in the call, S = the most rows any of them has (shorter
@@ -200,20 +197,20 @@ def _bound_call(model, call: list[list[Problem]], method: str, options: Pipeline
     else:
         from nlverify.bounds.alpha import AlphaOptions, alpha_crown
 
-        low, alphas, done = None, None, 0
-        last = 0.0  # seconds the previous chunk took: do not start one that cannot finish in time
-        while done < options.alpha_iterations:  # chunks, warm-started, so the deadline is checked often
-            if low is not None and deadline is not None and time.monotonic() + last > deadline:
-                break
-            began = time.monotonic()
-            chunk = min(ALPHA_CHUNK, options.alpha_iterations - done)
-            chunk_low, _, boxes, alphas = alpha_crown(model.graph, lower, upper, C, AlphaOptions(iterations=chunk),
-                                                      alphas=alphas, propagator=model.propagator, need_upper=False)
-            low = chunk_low if low is None else torch.maximum(low, chunk_low)
-            done += chunk
-            last = time.monotonic() - began
-            if deadline is not None and time.monotonic() > deadline:
-                break
+        def all_proved(best: torch.Tensor) -> bool:
+            """Every problem of the call has a row proved: nothing left for more iterations to do."""
+            for b, group in enumerate(call):
+                start = 0
+                for problem in group:
+                    m = problem.C.shape[0]
+                    if not bool(rows_proved(best[b, start:start + m], problem.d).any()):
+                        return False
+                    start += m
+            return True
+
+        alpha_options = AlphaOptions(iterations=options.alpha_iterations, deadline=deadline, stop=all_proved)
+        low, _, boxes, _ = alpha_crown(model.graph, lower, upper, C, alpha_options,
+                                       propagator=model.propagator, need_upper=False)
     for b, group in enumerate(call):
         start = 0
         for problem in group:
