@@ -61,9 +61,17 @@ BetaTerms = dict[str, tuple[Tensor, Tensor]]  # node -> (beta for x >= lower, be
 
 
 def _dot(coeffs: Tensor, values: Tensor) -> Tensor:
-    """``sum(coeffs * values)`` over the node axes, with ``0 * inf`` read as 0 (no contribution)."""
+    """``sum(coeffs * values)`` over the node axes, with ``0 * inf`` read as 0 (no contribution).
+
+    ``values`` shared by all rows (shape ``(B, 1, *shape)``, the common case) go through one batched
+    matrix-vector product, which never materialises the ``(B, S, *shape)`` product."""
+    finite = bool(torch.isfinite(values).all())
+    if finite and values.dim() == coeffs.dim() and values.shape[1] == 1 and coeffs.dim() > 2:
+        batch = coeffs.shape[0]
+        flat_values = values.expand(batch, *values.shape[1:]).reshape(batch, -1, 1)
+        return torch.bmm(coeffs.reshape(batch, coeffs.shape[1], -1), flat_values).squeeze(-1)
     product = coeffs * values
-    if not torch.isfinite(values).all():
+    if not finite:
         product = torch.where(coeffs == 0, torch.zeros_like(product), product)
     return product.flatten(2).sum(-1)
 
