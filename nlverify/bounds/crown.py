@@ -25,7 +25,7 @@ from nlverify.bounds.relax import (
     LinearRelaxation, PlaneRelaxation, binary_relaxation, unary_relaxation,
 )
 from nlverify.graph import Graph, Node
-from nlverify.verifier import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
+from nlverify import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
 
 RelaxationFor = Callable[[Node, str], "LinearRelaxation | PlaneRelaxation"]
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nlverify.verifier import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
+from nlverify import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
 from nlverify.verifier.attack import AttackOptions, Candidate, attack, model_parameters, violation_tensors
 from nlverify.verifier.result import Verdict, validate_counterexample
 from nlverify.verifier.spec import Spec, check_against_model, parse_vnnlib

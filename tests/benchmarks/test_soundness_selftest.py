@@ -2,7 +2,7 @@
 
 Our verifier (``python -m nlverify verify``) runs through the harness on instances of the session's tiny
 suite: unmodified it makes no unsound claim; with each TEST-ONLY fault of
-:mod:`nlverify.verifier.faults` switched on (through the environment the harness passes to the verifier
+:mod:`nlverify.faults` switched on (through the environment the harness passes to the verifier
 process) the harness flags at least one unsound claim.
 
 Which instances, and why (the faults are not equally visible everywhere):
@@ -35,7 +35,7 @@ import pytest
 
 from nlverify.benchmarks.soundness.harness import run_harness
 from nlverify.benchmarks.soundness.vnnlib_io import read_property
-from nlverify.verifier import faults
+from nlverify import faults
 
 TEMPLATE = f"{sys.executable} -m nlverify verify {{onnx}} {{vnnlib}} --timeout {{timeout}} " \
            "--result-file {result} --threads 1"

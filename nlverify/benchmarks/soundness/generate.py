@@ -70,9 +70,9 @@ def nlverify_clean_prover(timeout: float = 20.0, log: Callable[[str], None] | No
     A ``holds`` label then rests on our verifier's proof. The harness re-checks every counterexample
     with onnxruntime, so should another verifier later find a valid one on such an instance, it is
     reported as ``key_contradicted``: a soundness bug of ours, not a wrong score. Refused (``ValueError``)
-    while a TEST-ONLY fault of :mod:`nlverify.verifier.faults` is active: an unsound prover would write
+    while a TEST-ONLY fault of :mod:`nlverify.faults` is active: an unsound prover would write
     a wrong key."""
-    from nlverify.verifier import faults
+    from nlverify import faults
 
     if faults.ACTIVE:
         raise ValueError(f"{faults.ENV_VAR} is set: our verifier is deliberately unsound and cannot be the "
