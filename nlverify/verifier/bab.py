@@ -51,7 +51,7 @@ from nlverify.bounds.crown import (
     spec_coefficients,
 )
 from nlverify.graph import Graph
-from nlverify.verifier import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
+from nlverify import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
 from nlverify.verifier.branching import (
     anchor_values, choose_splits, coefficients_at, input_split_scores, split_targets,
 )
@@ -148,7 +148,7 @@ def split_box(lower: Tensor, upper: Tensor, dim: Tensor, point: Tensor) -> tuple
 
 # ---------------------------------------------------------------------------------------- bounding
 def bound_input_boxes(graph: Graph, propagator, lower: Tensor, upper: Tensor, C: Tensor,
-                      alpha_iterations: int = 0) -> tuple[Tensor, Tensor]:
+                      alpha_iterations: int = 0, deadline: float | None = None) -> tuple[Tensor, Tensor]:
     """CROWN (CROWN intermediate boxes) on ``(B, n)`` boxes: row lower bounds ``(B, m)`` and the
     coefficients ``(B, m, n)`` reaching the input (from the CROWN pass)."""
     batch = lower.shape[0]
@@ -162,7 +162,8 @@ def bound_input_boxes(graph: Graph, propagator, lower: Tensor, upper: Tensor, C:
     a = coeffs.new_zeros((batch, C.shape[-2], lower.shape[1])) if a is None else a.reshape(batch, C.shape[-2], -1)
     if alpha_iterations > 0:
         optimised, _, _, _ = alpha_crown(graph, lower, upper, C, AlphaOptions(iterations=alpha_iterations,
-                                         optimize_intermediate=False), propagator=propagator, need_upper=False)
+                                         optimize_intermediate=False, deadline=deadline), propagator=propagator,
+                                         need_upper=False)
         lb = torch.maximum(lb, optimised)
     return lb, a
 
@@ -170,7 +171,8 @@ def bound_input_boxes(graph: Graph, propagator, lower: Tensor, upper: Tensor, C:
 def bound_activation_domains(graph: Graph, propagator, boxes: dict[str, tuple[Tensor, Tensor]], C: Tensor,
                              iterations: int,
                              learning_rate: float, alphas: dict | None = None, betas: dict | None = None,
-                             refine: bool = False) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], dict]:
+                             refine: bool = False, deadline: float | None = None,
+                             ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], dict]:
     """alpha/beta-CROWN with the stored node boxes fixed (IBP inside them, no CROWN re-run).
 
     ``boxes`` holds the input box (under the input node's name) and a box per split target. With
@@ -189,7 +191,7 @@ def bound_activation_domains(graph: Graph, propagator, boxes: dict[str, tuple[Te
         inner = {t: (torch.maximum(refined[t][0], l), torch.minimum(refined[t][1], u)) for t, (l, u) in inner.items()}
         splits = SplitConstraints({t: lu[0] for t, lu in inner.items()}, {t: lu[1] for t, lu in inner.items()})
     options = AlphaOptions(iterations=iterations, learning_rate=learning_rate, optimize_intermediate=False,
-                           crown=CrownOptions(intermediate="ibp"))
+                           crown=CrownOptions(intermediate="ibp"), deadline=deadline)
     lb, _, node_boxes, params = alpha_crown(graph, input_box[0], input_box[1], C, options, alphas=alphas,
                                             propagator=propagator, need_upper=False, splits=splits, betas=betas)
     new_boxes = {t: (torch.maximum(node_boxes[t][0], l), torch.minimum(node_boxes[t][1], u))
@@ -215,9 +217,16 @@ class _Search:
         self.report = BabReport("timeout")
         self.generator = torch.Generator(device=problem.C.device)
         self.generator.manual_seed(options.seed)
+        self._round_started: float | None = None
 
     def expired(self) -> bool:
-        return time.monotonic() > self.deadline
+        """Called once at the top of every round: True when the deadline has passed, or when the
+        previous round's duration says the next one would end after it (a round cannot be interrupted,
+        so the budget is honoured by not starting one that cannot finish)."""
+        now = time.monotonic()
+        last_round = 0.0 if self._round_started is None else now - self._round_started
+        self._round_started = now
+        return now + last_round > self.deadline
 
     def batched_C(self, k: int) -> Tensor:
         return self.C.unsqueeze(0).expand(k, *self.C.shape)
@@ -269,7 +278,8 @@ class _Search:
         self.report.mode = "input"
         o = self.options
         low, up = self.problem.lower.unsqueeze(0), self.problem.upper.unsqueeze(0)
-        lb, a = bound_input_boxes(self.graph, self.propagator, low, up, self.batched_C(1), o.input_alpha_iterations)
+        lb, a = bound_input_boxes(self.graph, self.propagator, low, up, self.batched_C(1), o.input_alpha_iterations,
+                                  self.deadline)
         lb = torch.maximum(lb, self.problem.best_lower.unsqueeze(0))
         self.push_open(self._input_fields(low, up, lb, a), lb, torch.zeros(1, dtype=torch.long, device=low.device))
         while len(self.store):
@@ -294,7 +304,7 @@ class _Search:
             child_low, child_up = split_box(low, up, dim, point)
             parent_lb = f["lb"].repeat(2, 1)
             lb, a = bound_input_boxes(self.graph, self.propagator, child_low, child_up,
-                                      self.batched_C(child_low.shape[0]), o.input_alpha_iterations)
+                                      self.batched_C(child_low.shape[0]), o.input_alpha_iterations, self.deadline)
             lb = torch.maximum(lb, parent_lb)
             depth = (batch.depth + 1).repeat(2)
             self.report.max_depth = max(self.report.max_depth, int(depth.max()))
@@ -336,7 +346,7 @@ class _Search:
         names = [n.name for n in g.nonlinear_nodes()] + [g.input_name]
         boxes = self.root_boxes()
         lb, boxes, params = bound_activation_domains(g, self.propagator, boxes, self.batched_C(1),
-                                                     o.root_iterations, o.learning_rate)
+                                                     o.root_iterations, o.learning_rate, deadline=self.deadline)
         lb = torch.maximum(lb, self.problem.best_lower.unsqueeze(0))
         self.push_open(self._activation_fields(boxes, lb, params), lb, torch.zeros(1, dtype=torch.long,
                                                                                   device=lb.device))
@@ -369,7 +379,7 @@ class _Search:
             alphas, betas = self._warm_start(f, parent) if o.warm_start else (None, None)
             lb, child_boxes, params = bound_activation_domains(
                 g, self.propagator, child_boxes, self.batched_C(2 * k), o.iterations, o.learning_rate, alphas, betas,
-                refine=self.refine)
+                refine=self.refine, deadline=self.deadline)
             lb = torch.maximum(lb, f["lb"][parent])
             depth = batch.depth[parent] + 1
             self.report.max_depth = max(self.report.max_depth, int(depth.max()))
