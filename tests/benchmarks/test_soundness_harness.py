@@ -153,7 +153,7 @@ def test_cli(tiny_suite, tmp_path, capsys):
     unsat = _script(tmp_path, "unsat.py", "open(result, 'w').write('unsat')\n")
     args = parser.parse_args(["soundness", "run", str(suite), "--key", str(key_dir), "--command", unsat,
                               "--json", "--timeout-cap", "5", "--report-dir", str(tmp_path / "report")])
-    assert cli.run(args) == 1
+    assert cli.run(args) == cli.EXIT_UNSOUND == 3
     report = json.loads(capsys.readouterr().out)
     assert len(report["unsound"]) == report["counts"]["planted"]["total"]
     assert (tmp_path / "report" / "report.csv").read_text().count("\n") == report["counts"]["instances"] + 1

@@ -5,8 +5,8 @@
     nlverify soundness run SUITE --key KEYDIR (--vnncomp-scripts DIR | --command 'TEMPLATE')
                            [--json] [--timeout-cap S] [--report-dir DIR]
 
-Exit codes: 0 success (``run``: no unsound claim), 1 ``run`` found unsound
-claims, 2 bad arguments or unreadable suite/key.
+Exit codes: 0 success (``run``: no unsound claim), 3 ``run`` found unsound
+claims, 2 bad arguments or unreadable suite/key (1 stays "internal error", as everywhere).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 __all__ = ["add_parser", "run"]
 
-EXIT_OK, EXIT_UNSOUND, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_UNSOUND, EXIT_USAGE = 0, 3, 2  # 1 is reserved for internal errors across nlverify
 PROVE_TIMEOUT_S = 20.0
 PROVE_CLEAN_BY_DEFAULT = {"small": True, "medium": False}  # small: ~16 decoys, about a minute more
 
