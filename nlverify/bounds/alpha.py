@@ -9,7 +9,7 @@ seen. Alphas are returned so that a later call (a BaB child, a tighter re-run) c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -90,6 +90,9 @@ def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = N
     warm-starts them, and the final betas are returned in the alphas dict under keys ``("beta", node)``.
     """
     options = options or AlphaOptions()
+    if options.optimize_intermediate and options.crown.skip_exact_neurons:
+        # intermediate alphas are shaped for every row of their start node, so keep all rows
+        options = replace(options, crown=replace(options.crown, skip_exact_neurons=False))
     propagator = propagator or BackwardPropagator(graph)
     batch = lower.shape[0]
     coeffs = spec_coefficients(C, graph, batch, lower)

@@ -208,6 +208,7 @@ class CrownOptions:
 
     intermediate: str = "crown"
     max_crown_neurons: int = 4096
+    skip_exact_neurons: bool = True
 
 
 class DefaultRelaxations:
@@ -259,11 +260,15 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
         low, up = node_interval(node, [bounds[i] for i in node.inputs])
         if (node.name in needed and node.size <= options.max_crown_neurons and not getattr(node.op, "selects", False)
                 and _has_nonlinear_ancestor(propagator, node)):
-            coeffs = identity_coefficients(node.shape, batch, low)
-            both = propagator.lower_bound(node.name, coeffs, bounds, relaxation_for)
-            n = node.size
-            low = torch.maximum(low, both[:, :n].reshape(low.shape))
-            up = torch.minimum(up, -both[:, n:].reshape(up.shape))
+            rows = _rows_to_refine(graph, node, low, up) if options.skip_exact_neurons else None
+            if rows is None:
+                coeffs = identity_coefficients(node.shape, batch, low)
+                both = propagator.lower_bound(node.name, coeffs, bounds, relaxation_for)
+                n = node.size
+                low = torch.maximum(low, both[:, :n].reshape(low.shape))
+                up = torch.minimum(up, -both[:, n:].reshape(up.shape))
+            elif rows.numel():
+                low, up = _refine_rows(propagator, node, rows, low, up, bounds, relaxation_for)
         if faults.ACTIVE: low, up = faults.tighten_intermediate(low, up)  # TEST-ONLY fault hook (faults.py)
         if splits is not None and node.name in splits.nodes():
             low, up = splits.restrict(node.name, low, up)
@@ -273,6 +278,39 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
                 up = torch.maximum(up, low)
         bounds[node.name] = (low, up)
     return bounds
+
+
+def _rows_to_refine(graph: Graph, node: Node, low: Tensor, up: Tensor) -> Tensor | None:
+    """Flat indices of the neurons worth a backward pass, or None for all of them: neurons on which every
+    nonlinear consumer's relaxation is exact in every box are dropped (families opt in via ``is_exact``)."""
+    exact = None
+    for name in graph.consumers[node.name]:
+        consumer = graph.nodes[name]
+        if consumer.kind == "linear":
+            continue
+        family = unary_relaxation(consumer.op.activation, **consumer.op.params) if consumer.kind == "unary" else None
+        if family is None or not hasattr(family, "is_exact"):
+            return None
+        mask = family.is_exact(low, up)
+        exact = mask if exact is None else exact & mask
+    if exact is None:
+        return None
+    return (~exact.reshape(exact.shape[0], -1).all(0)).nonzero().squeeze(1)
+
+
+def _refine_rows(propagator: BackwardPropagator, node: Node, rows: Tensor, low: Tensor, up: Tensor,
+                 bounds: dict, relaxation_for) -> tuple[Tensor, Tensor]:
+    """CROWN lower and upper bounds for the selected neurons only, intersected into the node's box."""
+    batch, n, k = low.shape[0], node.size, rows.numel()
+    eye = torch.zeros(k, n, dtype=low.dtype, device=low.device)
+    eye[torch.arange(k, device=low.device), rows] = 1.0
+    eye = eye.reshape(k, *node.shape)
+    coeffs = torch.cat([eye, -eye]).unsqueeze(0).expand(batch, 2 * k, *node.shape)
+    both = propagator.lower_bound(node.name, coeffs, bounds, relaxation_for)
+    flat_low, flat_up = low.reshape(batch, n).clone(), up.reshape(batch, n).clone()
+    flat_low[:, rows] = torch.maximum(flat_low[:, rows], both[:, :k])
+    flat_up[:, rows] = torch.minimum(flat_up[:, rows], -both[:, k:])
+    return flat_low.reshape(low.shape), flat_up.reshape(up.shape)
 
 
 INFEASIBLE = "__infeasible__"  # key in a bounds dict: (B,) mask of domains whose split boxes are empty

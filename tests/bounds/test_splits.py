@@ -61,3 +61,18 @@ def test_empty_domain_is_closed(tmp_path):
     assert torch.isinf(low).all() and (low > 0).all()
     low, _, _, _ = alpha_crown(model.graph, lower, upper, options=AlphaOptions(iterations=3), splits=splits, need_upper=False)
     assert torch.isinf(low).all() and (low > 0).all()
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid"])
+def test_skipping_exact_neurons_changes_no_bound(tmp_path, activation):
+    """Stable ReLU neurons get no backward row; the output bounds must be the same as with every row."""
+    from nlverify.bounds.crown import CrownOptions
+
+    net, shape = make_net(activation, "mlp", seed=6, width=24)
+    model = load_onnx(export(net, shape, tmp_path / "n.onnx")).to(dtype=D)
+    centre = torch.rand(5, 4, dtype=D) * 2 - 1
+    radius = torch.tensor([0.001, 0.01, 0.1, 0.5, 2.0], dtype=D).unsqueeze(1)
+    results = [crown(model.graph, centre - radius, centre + radius, options=CrownOptions(skip_exact_neurons=skip))
+               for skip in (False, True)]
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])

@@ -82,6 +82,9 @@ class UnaryRelaxation(Protocol):
     def init_alpha(self, lower: Tensor, upper: Tensor) -> Tensor:
         """Alpha of shape ``(n_alpha, *lower.shape)`` that reproduces the default relaxation."""
 
+    # Optional: ``is_exact(lower, upper) -> bool Tensor``, True where the relaxation equals the function
+    # on the box whatever its width (e.g. a stable ReLU); the engine then skips refining those neurons.
+
 
 class BinaryRelaxation(Protocol):
     """An elementwise nonlinearity of two tensors (max, min, product) and its relaxation."""

@@ -72,6 +72,11 @@ class LeakyRelu:
     def function(self, x: Tensor) -> Tensor:
         return torch.where(x >= 0, x, x * self.negative_slope)
 
+    def is_exact(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """Where the relaxation is the function itself on the box (a stable neuron: ``l >= 0`` or
+        ``u <= 0``), so a tighter box cannot tighten it; the engine skips refining such neurons."""
+        return (lower >= 0) | (upper <= 0)
+
     def interval(self, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
         """Image of ``[l, u]``: extremes at ``l``, ``u`` and (when ``l <= 0 <= u``) at 0."""
         lower, upper = torch.broadcast_tensors(lower, upper)
