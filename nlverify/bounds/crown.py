@@ -331,9 +331,9 @@ def close_infeasible(lower_bound: Tensor, bounds: dict) -> Tensor:
 
 
 def _has_nonlinear_ancestor(propagator: BackwardPropagator, node: Node) -> bool:
-    """A node computed by linear ops alone from the input: its IBP box is already exact when the chain
-    is a single affine map, and CROWN only helps through nonlinearities; composite linear chains still
-    gain, so they count as needing CROWN too."""
+    """Whether a backward pass can beat IBP on this node. IBP is exact for a single affine map of the
+    input box, so a node reached from the input by one linear op gets no pass; a chain of linear ops
+    (whose IBP compounds |L1||L2| > |L1 L2|) or any nonlinearity on the way does."""
     ancestors = propagator.ancestors(node.name)
     linear_chain = [n for n in ancestors if n.kind == "linear"]
     return any(n.kind in ("unary", "binary") for n in ancestors) or len(linear_chain) > 1
