@@ -29,6 +29,14 @@ class BadInput(Exception):
     """Raised by subcommands for user errors that have no more specific type."""
 
 
+def require_device(device: str) -> None:
+    """Bad input, not a crash, when a device is asked for that this machine does not have."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(f"--device {device} requested but no CUDA device is available")
+
+
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [BadInput, FileNotFoundError]
     for module, name in (("nlverify.frontend.errors", "ModelError"), ("nlverify.verifier.spec", "SpecError")):

@@ -23,8 +23,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from nlverify.cli import require_device
     from nlverify.model import load_onnx
     from nlverify.verifier.spec import check_against_model, parse_vnnlib
+
+    require_device(args.device)
 
     model = load_onnx(args.model)
     spec = parse_vnnlib(args.spec)

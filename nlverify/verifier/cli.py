@@ -50,14 +50,13 @@ def _write_error(path: str) -> None:
 def _run(args) -> int:
     import torch
 
-    from nlverify.cli import BadInput
+    from nlverify.cli import BadInput, require_device
 
     if not args.timeout > 0:
         raise BadInput(f"--timeout must be positive, got {args.timeout:g}")
     if args.threads < 1:
         raise BadInput(f"--threads must be at least 1, got {args.threads}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda requested but no CUDA device is available")
+    require_device(args.device)
     torch.set_num_threads(args.threads)
 
     from nlverify.verifier.pipeline import verify
