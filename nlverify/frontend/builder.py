@@ -21,8 +21,8 @@ from nlverify.frontend.errors import ModelError, UnsupportedOpError
 from nlverify.frontend.patterns import find_gelu_patterns, id_of
 from nlverify.graph import Graph, Node
 from nlverify.ops import (
-    ConcatOp, ConvOp, ConvTransposeOp, ElementwiseAffine, ExpandOp, GatherOp, InputOp, LinearCombination,
-    MatMulConst, Op, ReduceSumOp, ReshapeOp, SelectOp, SliceOp, TransposeOp, UnaryOp, BinaryOp,
+    ConcatOp, ElementwiseAffine, ExpandOp, GatherOp, InputOp, LinearCombination, MatMulConst, Op,
+    ReshapeOp, SelectOp, TransposeOp, UnaryOp, BinaryOp,
 )
 
 DTYPE = torch.float32  # graphs are built in float32 (the dtype of every benchmark); `.to()` changes it

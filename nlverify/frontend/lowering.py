@@ -10,7 +10,6 @@ from math import prod
 from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import torch
 
 from nlverify.frontend.errors import UnsupportedOpError

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 from torch import nn
 
 from .certify import certify_rho, qc_blocks, sqrt_up

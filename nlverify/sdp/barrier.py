@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 import scipy.linalg
 
-from .lipsdp import SlopeLayerQC, SlopeNeuronQC, SolveResult
+from .lipsdp import SlopeNeuronQC, SolveResult
 from .lmi import LayerQC, block_sizes
 
 

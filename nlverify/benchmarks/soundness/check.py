@@ -15,7 +15,6 @@ to exceed ``CERT_TOL`` rather than 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 

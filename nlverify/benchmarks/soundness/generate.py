@@ -31,7 +31,6 @@ import csv
 import hashlib
 import json
 import platform
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

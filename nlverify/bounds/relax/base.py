@@ -24,9 +24,8 @@ folded into the intercepts (never left for callers to remember).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
-import torch
 from torch import Tensor
 
 
