@@ -245,34 +245,32 @@ def _check_auto_pad(builder, node) -> None:
         raise UnsupportedOpError(node.op_type, node.name, f"auto_pad={auto_pad}")
 
 
-def conv(builder, node) -> str:
+def _conv_parameters(builder, node) -> dict:
+    """Constant weight and bias, and the attributes Conv and ConvTranspose share."""
     _check_auto_pad(builder, node)
-    if builder.is_var(node.input[1]) or (len(node.input) > 2 and builder.is_var(node.input[2])):
-        raise UnsupportedOpError("Conv", node.name, "weights must be constant")
+    if any(builder.is_var(name) for name in node.input[1:]):
+        raise UnsupportedOpError(node.op_type, node.name, "weights must be constant")
     weight = torch.as_tensor(builder.constants[node.input[1]].astype(np.float64))
     bias = builder.const(node.input[2]) if len(node.input) > 2 else None
     spatial = weight.dim() - 2
-    op = ConvOp(weight, None if bias is None else torch.as_tensor(bias.astype(np.float64)),
+    return dict(weight=weight, bias=None if bias is None else torch.as_tensor(bias.astype(np.float64)),
                 stride=builder.attr(node, "strides", [1] * spatial),
                 padding=_symmetric_pads(node, builder.attr(node, "pads", []), spatial),
                 dilation=builder.attr(node, "dilations", [1] * spatial),
                 groups=builder.attr(node, "group", 1))
+
+
+def conv(builder, node) -> str:
+    op = ConvOp(**_conv_parameters(builder, node))
     return builder.add(op, [builder.variables[node.input[0]]], node)
 
 
 def conv_transpose(builder, node) -> str:
-    _check_auto_pad(builder, node)
     if builder.attr(node, "output_shape", None):
         raise UnsupportedOpError("ConvTranspose", node.name, "the output_shape attribute")
-    weight = torch.as_tensor(builder.constants[node.input[1]].astype(np.float64))
-    bias = builder.const(node.input[2]) if len(node.input) > 2 else None
-    spatial = weight.dim() - 2
-    op = ConvTransposeOp(weight, None if bias is None else torch.as_tensor(bias.astype(np.float64)),
-                         stride=builder.attr(node, "strides", [1] * spatial),
-                         padding=_symmetric_pads(node, builder.attr(node, "pads", []), spatial),
-                         output_padding=builder.attr(node, "output_padding", [0] * spatial),
-                         dilation=builder.attr(node, "dilations", [1] * spatial),
-                         groups=builder.attr(node, "group", 1))
+    parameters = _conv_parameters(builder, node)
+    spatial = parameters["weight"].dim() - 2
+    op = ConvTransposeOp(**parameters, output_padding=builder.attr(node, "output_padding", [0] * spatial))
     return builder.add(op, [builder.variables[node.input[0]]], node)
 
 

@@ -63,6 +63,13 @@ class PlaneRelaxation:
         return self.upper_x * x + self.upper_y * y + self.upper_intercept
 
 
+def checked_alpha(name: str, n_alpha: int, alpha: Tensor, dtype) -> Tensor:
+    """``alpha`` in ``dtype`` after checking it has one leading row per free parameter."""
+    if alpha.shape[0] != n_alpha:
+        raise ValueError(f"{name}: alpha must have leading dimension {n_alpha}, got {tuple(alpha.shape)}")
+    return alpha.to(dtype=dtype)
+
+
 class UnaryRelaxation(Protocol):
     """An elementwise nonlinearity and its sound relaxation (one class per family member)."""
 

@@ -53,7 +53,7 @@ from nlverify.bounds.relax._tangent import (
     upper_intercept,
     value_margin,
 )
-from nlverify.bounds.relax.base import LinearRelaxation
+from nlverify.bounds.relax.base import LinearRelaxation, checked_alpha
 
 #: GELU's inflection points are at +- sqrt(2) (gelu'' = phi(x) (2 - x^2)).
 INFLECTION = math.sqrt(2.0)
@@ -251,9 +251,7 @@ class Gelu:
         lower, upper = torch.broadcast_tensors(lower, upper)
         if alpha is None:
             alpha = self.init_alpha(lower, upper)
-        if alpha.shape[0] != self.n_alpha:
-            raise ValueError(f"{self.name}: alpha must have leading dimension {self.n_alpha}, got {tuple(alpha.shape)}")
-        alpha = alpha.to(dtype=lower.dtype)
+        alpha = checked_alpha(self.name, self.n_alpha, alpha, lower.dtype)
         low, high = self._slope_range(lower, upper)
         convex, concave = self._pieces(lower, upper)
         lower_slope = low + alpha[0] * (high - low)

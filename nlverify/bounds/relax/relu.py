@@ -37,7 +37,7 @@ import math
 import torch
 from torch import Tensor
 
-from nlverify.bounds.relax.base import LinearRelaxation
+from nlverify.bounds.relax.base import LinearRelaxation, checked_alpha
 
 #: Multiple of eps folded into the chord intercept (the chord's own rounding is ~3 ulps).
 RELU_MARGIN_ULPS: float = 16.0
@@ -105,9 +105,7 @@ class LeakyRelu:
         lower, upper = torch.broadcast_tensors(lower, upper)
         if alpha is None:
             alpha = self.init_alpha(lower, upper)
-        if alpha.shape[0] != self.n_alpha:
-            raise ValueError(f"{self.name}: alpha must have leading dimension {self.n_alpha}, got {tuple(alpha.shape)}")
-        alpha = alpha.to(dtype=lower.dtype)[0]
+        alpha = checked_alpha(self.name, self.n_alpha, alpha, lower.dtype)[0]
         a, per_unit, floor = self._slope_in(lower)
         info = torch.finfo(lower.dtype)
         zero, one = torch.zeros_like(lower), torch.ones_like(lower)

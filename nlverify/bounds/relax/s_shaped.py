@@ -49,7 +49,7 @@ from nlverify.bounds.relax._tangent import (
     upper_intercept,
     value_margin,
 )
-from nlverify.bounds.relax.base import LinearRelaxation
+from nlverify.bounds.relax.base import LinearRelaxation, checked_alpha
 
 
 @dataclass
@@ -137,9 +137,7 @@ class SShaped:
         upper_range = self._upper_range(lower, upper)
         if alpha is None:
             alpha = torch.stack([lower_range.default_alpha, upper_range.default_alpha])
-        if alpha.shape[0] != self.n_alpha:
-            raise ValueError(f"{self.name}: alpha must have leading dimension {self.n_alpha}, got {tuple(alpha.shape)}")
-        alpha = alpha.to(dtype=lower.dtype)
+        alpha = checked_alpha(self.name, self.n_alpha, alpha, lower.dtype)
         knee = clamp_into(0.0, lower, upper)
         chord = chord_slope(self, lower, upper)
 
