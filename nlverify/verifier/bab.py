@@ -75,6 +75,7 @@ class BabOptions:
     root_iterations: int = 30  # output alpha iterations at the activation-split root
     learning_rate: float = 0.1
     branching: str = "bbps"  # or "width" (baseline, for ablation)
+    split_points: str = "table"  # or "midpoint" (baseline, for ablation); ReLU/LeakyReLU split at 0 either way
     input_alpha_iterations: int = 0  # >0: alpha-CROWN (output alphas) on input-split children
     refine_intermediate: str = "auto"  # "on"/"off"/"auto": re-bound intermediate boxes of children by CROWN
     refine_max_cost: float = 2e7  # "auto" turns refinement on below this many multiply-adds per domain
@@ -371,7 +372,7 @@ class _Search:
                 found = self.pgd_attack(x_star[w], input_low[w], input_up[w])
             if found is not None:
                 return self.finish("counterexample", found)
-            decision = choose_splits(g, boxes, coefficients, o.branching, anchors)
+            decision = choose_splits(g, boxes, coefficients, o.branching, anchors, o.split_points)
             if (torch.isinf(decision.score) & (decision.score < 0)).any():
                 return self.finish("stuck", message="an open domain has no neuron left to split")
             child_boxes = self._split_boxes(boxes, decision)

@@ -67,6 +67,7 @@ __all__ = ["Decision", "anchor_values", "split_targets", "split_points", "coeffi
 
 MIN_WIDTH = 1e-6  # intervals narrower than MIN_WIDTH * max(1, |l|, |u|) are not split further
 BRANCHING_METHODS = ("bbps", "width")
+SPLIT_POINT_RULES = ("table", "midpoint")  # "midpoint" is the ablation baseline (ReLU still splits at 0)
 
 
 @dataclass
@@ -97,8 +98,11 @@ def _lookup():
     return branching_points
 
 
-def split_points(graph: Graph, target: str, lower: Tensor, upper: Tensor) -> Tensor:
-    """Split point per neuron, strictly inside ``(lower, upper)`` wherever ``upper > lower``."""
+def split_points(graph: Graph, target: str, lower: Tensor, upper: Tensor, rule: str = "table") -> Tensor:
+    """Split point per neuron, strictly inside ``(lower, upper)`` wherever ``upper > lower``. ``rule``:
+    ``"table"`` (pre-optimised branching points) or ``"midpoint"`` (the ablation baseline)."""
+    if rule not in SPLIT_POINT_RULES:
+        raise ValueError(f"unknown split-point rule '{rule}', expected one of {SPLIT_POINT_RULES}")
     mid = (lower + upper) / 2
     consumers = _consumers(graph, target)
     unary = [n for n in consumers if n.kind == "unary"]
@@ -106,7 +110,7 @@ def split_points(graph: Graph, target: str, lower: Tensor, upper: Tensor) -> Ten
     if len(unary) == len(consumers) == 1:  # one activation reads the target: use its table
         node = unary[0]
         activation = node.op.activation
-        lookup = _lookup()
+        lookup = _lookup() if rule == "table" else None
         if lookup is not None:
             try:
                 point = lookup(activation, lower, upper, **node.op.params).to(mid)
@@ -263,14 +267,15 @@ def _flat_argmax(scores: dict[str, Tensor], targets: list[str]) -> tuple[Tensor,
 
 
 def choose_splits(graph: Graph, bounds: dict[str, Bounds], coefficients: dict[str, Tensor],
-                  method: str = "bbps", anchors: dict[str, Tensor] | None = None) -> Decision:
+                  method: str = "bbps", anchors: dict[str, Tensor] | None = None,
+                  point_rule: str = "table") -> Decision:
     """The split of every domain (see the module docstring). ``coefficients``: ``(k, *shape)`` per
     nonlinear node, for the domain's chosen specification row; ``anchors``: ``(k, *shape)`` per split
     target, the point where each term is evaluated (see :func:`anchor_values`)."""
     if method not in BRANCHING_METHODS:
         raise ValueError(f"unknown branching method '{method}', expected one of {BRANCHING_METHODS}")
     targets = split_targets(graph)
-    points = {t: split_points(graph, t, *bounds[t]) for t in targets}
+    points = {t: split_points(graph, t, *bounds[t], rule=point_rule) for t in targets}
     width = width_scores(graph, bounds, coefficients, targets)
     w_best, w_target, w_neuron = _flat_argmax(width, targets)
     if method == "width":

@@ -157,3 +157,21 @@ def test_input_split_scores_prefer_wide_sensitive_dimensions():
     assert scores.tolist() == [[2.0, 3.0, 0.0]]
     thin = input_split_scores(a, lo, lo)
     assert torch.isinf(thin).all()
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_midpoint_rule_is_the_ablation_baseline(tmp_path, activation):
+    model, boxes, _, _, _ = _setup(tmp_path, activation, batch=2)
+    g = model.graph
+    for t in split_targets(g)[1:] if split_targets(g)[0] == g.input_name else split_targets(g):
+        low, up = boxes[t]
+        mid = split_points(g, t, low, up, rule="midpoint")
+        straddle = (low < 0) & (up > 0)
+        if activation == "relu":  # ReLU splits at 0 under either rule
+            assert (mid[straddle] == 0).all() and torch.equal(mid[~straddle], ((low + up) / 2)[~straddle])
+        else:
+            assert torch.equal(mid, (low + up) / 2)
+            table = split_points(g, t, low, up)
+            assert not torch.equal(table, mid)  # the table moves the point somewhere
+    with pytest.raises(ValueError, match="split-point rule"):
+        split_points(g, split_targets(g)[-1], *boxes[split_targets(g)[-1]], rule="golden")
