@@ -7,6 +7,7 @@ internal error.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -26,7 +27,30 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: robust on shared machines; raise it on idle ones)")
     p.add_argument("-v", "--verbose", action="store_true")
+    # Hidden, for the BaB ablation (benchmarks/ablation.py): which neuron, and where to split it.
+    p.add_argument("--bab-branching", choices=["bbps", "width"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--bab-split-points", choices=["table", "midpoint"], default=None, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
+
+
+def pipeline_options(args):
+    """``PipelineOptions`` whose BaB stage uses the ``--bab-*`` choices, or None (the defaults) when
+    neither hidden flag is given."""
+    if args.bab_branching is None and args.bab_split_points is None:
+        return None
+    from nlverify.verifier.bab import BabOptions
+    from nlverify.verifier.pipeline import PipelineOptions
+
+    choices = {k: v for k, v in (("branching", args.bab_branching), ("split_points", args.bab_split_points))
+               if v is not None}
+
+    def configured_bab(model, problems, time_left, device="cpu", seed=0):
+        from nlverify.verifier.bab import branch_and_bound
+
+        return branch_and_bound(model, problems, time_left, device=device, seed=seed,
+                                options=BabOptions(seed=seed, **choices))
+
+    return PipelineOptions(bab=configured_bab)
 
 
 def run(args) -> int:
@@ -62,7 +86,8 @@ def _run(args) -> int:
     from nlverify.verifier.pipeline import verify
     from nlverify.verifier.result import Verdict, write_result_file
 
-    result = verify(args.model, args.spec, args.timeout, device=args.device, seed=args.seed)
+    result = verify(args.model, args.spec, args.timeout, device=args.device, seed=args.seed,
+                    options=pipeline_options(args))
     if args.result_file:
         if result.verdict is Verdict.SAT:
             write_result_file(args.result_file, result.verdict, result.x, result.y)
