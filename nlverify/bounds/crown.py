@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from nlverify.bounds.interval import Bounds, node_interval
+from nlverify.bounds.pairs import refine_pairs, worth_pairing
 from nlverify.bounds.relax import (
     LinearRelaxation, PlaneRelaxation, binary_relaxation, unary_relaxation,
 )
@@ -260,8 +261,11 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
         low, up = node_interval(node, [bounds[i] for i in node.inputs])
         if (node.name in needed and node.size <= options.max_crown_neurons and not getattr(node.op, "selects", False)
                 and _has_nonlinear_ancestor(propagator, node)):
-            rows = _rows_to_refine(graph, node, low, up) if options.skip_exact_neurons else None
-            if rows is None:
+            pairs = _neurons_to_refine(graph, node, low, up) if options.skip_exact_neurons else None
+            rows = None if pairs is None else pairs.any(0).nonzero().squeeze(1)
+            if pairs is not None and isinstance(relaxation_for, DefaultRelaxations) and worth_pairing(pairs):
+                low, up = refine_pairs(propagator, node, pairs, low, up, bounds, relaxation_for)
+            elif rows is None:
                 coeffs = identity_coefficients(node.shape, batch, low)
                 both = propagator.lower_bound(node.name, coeffs, bounds, relaxation_for)
                 n = node.size
@@ -280,9 +284,10 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
     return bounds
 
 
-def _rows_to_refine(graph: Graph, node: Node, low: Tensor, up: Tensor) -> Tensor | None:
-    """Flat indices of the neurons worth a backward pass, or None for all of them: neurons on which every
-    nonlinear consumer's relaxation is exact in every box are dropped (families opt in via ``is_exact``)."""
+def _neurons_to_refine(graph: Graph, node: Node, low: Tensor, up: Tensor) -> Tensor | None:
+    """``(B, n)`` mask of the (box, neuron) pairs worth a backward pass, or None for all of them: a neuron
+    on which every nonlinear consumer's relaxation is exact in its box is dropped (families opt in via
+    ``is_exact``)."""
     exact = None
     for name in graph.consumers[node.name]:
         consumer = graph.nodes[name]
@@ -295,7 +300,7 @@ def _rows_to_refine(graph: Graph, node: Node, low: Tensor, up: Tensor) -> Tensor
         exact = mask if exact is None else exact & mask
     if exact is None:
         return None
-    return (~exact.reshape(exact.shape[0], -1).all(0)).nonzero().squeeze(1)
+    return ~exact.reshape(exact.shape[0], -1)
 
 
 def _refine_rows(propagator: BackwardPropagator, node: Node, rows: Tensor, low: Tensor, up: Tensor,

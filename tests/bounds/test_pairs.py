@@ -1,0 +1,80 @@
+"""Pair-wise intermediate refinement (``nlverify.bounds.pairs``): the same numbers as the dense rows,
+only for the chosen (box, neuron) pairs, and sound end to end."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from netgen import export, make_net
+from nlverify.bounds import crown as crown_module
+from nlverify.bounds import pairs
+from nlverify.bounds.crown import CrownOptions, DefaultRelaxations, _refine_rows, propagate_bounds
+from nlverify.bounds.interval import node_interval
+from nlverify.model import load_onnx
+
+
+def _model(tmp_path, activation, architecture):
+    net, shape = make_net(activation, architecture, seed=5, width=24)
+    model = load_onnx(export(net, shape, tmp_path / "net.onnx"))
+    model.to(dtype=torch.float64)
+    n = 1
+    for s in shape:
+        n *= s
+    g = torch.Generator().manual_seed(1)
+    centre = torch.randn(40, n, generator=g, dtype=torch.float64)
+    radius = torch.rand(40, n, generator=g, dtype=torch.float64) ** 3 * 2  # tiny to wide boxes
+    radius[0] = 0.0  # a degenerate box
+    return model, centre - radius, centre + radius
+
+
+ARCHITECTURES = [("relu", "mlp"), ("leaky_relu", "mlp"), ("relu", "residual"), ("relu", "cnn")]
+
+
+@pytest.mark.parametrize("activation,architecture", ARCHITECTURES)
+def test_pairs_equal_dense_rows_on_the_same_boxes(tmp_path, activation, architecture):
+    model, lower, upper = _model(tmp_path, activation, architecture)
+    g, propagator = model.graph, model.propagator
+    bounds = propagate_bounds(g, lower, upper, DefaultRelaxations, propagator, CrownOptions())
+    relax = DefaultRelaxations(bounds)
+    refined = [n for n in g if n.name in crown_module.nodes_needing_bounds(g) and n.kind != "input"
+               and crown_module._has_nonlinear_ancestor(propagator, n)]
+    assert refined
+    mask_generator = torch.Generator().manual_seed(2)
+    for node in refined:
+        low, up = node_interval(node, [bounds[i] for i in node.inputs])
+        batch, n = low.shape[0], node.size
+        dense_low, dense_up = _refine_rows(propagator, node, torch.arange(n), low, up, bounds, relax)
+        mask = torch.rand(batch, n, generator=mask_generator) < 0.3
+        pair_low, pair_up = pairs.refine_pairs(propagator, node, mask, low, up, bounds, relax)
+        m = mask.reshape(low.shape)
+        torch.testing.assert_close(pair_low[m], dense_low[m], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(pair_up[m], dense_up[m], rtol=1e-12, atol=1e-12)
+        assert torch.equal(pair_low[~m], low[~m]) and torch.equal(pair_up[~m], up[~m])  # others untouched
+
+
+@pytest.mark.parametrize("activation,architecture", ARCHITECTURES[:3])
+def test_paired_bounds_contain_sampled_activations(tmp_path, monkeypatch, activation, architecture):
+    model, lower, upper = _model(tmp_path, activation, architecture)
+    calls = []
+    original = pairs.refine_pairs
+    monkeypatch.setattr(crown_module, "refine_pairs", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(crown_module, "worth_pairing", lambda mask: mask.shape[0] > 1)
+    bounds = propagate_bounds(model.graph, lower, upper, DefaultRelaxations, model.propagator, CrownOptions())
+    assert calls, "the pair path was never taken"
+    t = torch.rand(256, *lower.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x = (lower + t * (upper - lower)).reshape(-1, lower.shape[1])
+    values = model.graph.run(x)
+    for name, (low, up) in bounds.items():
+        if name not in values:
+            continue
+        v = values[name].reshape(256, *low.shape)
+        assert (v >= low - 1e-9).all() and (v <= up + 1e-9).all(), name
+
+
+def test_worth_pairing_needs_sparse_scattered_pairs():
+    mask = torch.zeros(8, 10, dtype=torch.bool)
+    assert not pairs.worth_pairing(mask)  # nothing to refine
+    mask[torch.arange(8), torch.arange(8)] = True  # one pair per box, 8 distinct rows: 8 of 64
+    assert pairs.worth_pairing(mask)
+    assert not pairs.worth_pairing(torch.ones(8, 10, dtype=torch.bool))  # dense: rows are cheaper
+    assert not pairs.worth_pairing(mask[:1])  # one box: nothing to gain
