@@ -5,8 +5,10 @@ Pipeline (each step in its own module):
 1. :mod:`network` -- extract ``W_1..W_K`` and activation classes; normalise every weight by a
    power of two (exact, see :func:`network.normalized`); thin-SVD of ``W_1`` for the solve.
 2. :mod:`methods` / :mod:`lipsdp` / :mod:`maxmin` -- one QC family per layer; solve
-   ``min rho s.t. M(rho, lambda) << 0``. Backends (``solver=``): ``auto`` (default) -- the barrier
-   method of :mod:`barrier` when every activation is slope-restricted, else ``SCS-CVXPY``;
+   ``min rho s.t. M(rho, lambda) << 0``. Backends (``solver=``): ``auto`` (default) -- when every
+   activation is slope-restricted, the barrier method of :mod:`barrier` for LMIs below
+   ``DUAL_SCALING_MIN_SIZE`` and the block-tridiagonal dual-scaling method of :mod:`dual_scaling`
+   from there on; else ``SCS-CVXPY``; ``barrier`` / ``dual-scaling`` force one of them;
    ``SCS`` -- SCS called directly with the chordal decomposition of :mod:`scs_direct`;
    ``SCS-CVXPY``, ``CLARABEL`` or any other cvxpy solver name -- the cvxpy model of :mod:`lipsdp`.
 3. :mod:`certify` -- project multipliers, prove ``M(rho) < 0`` in float64 for the *full* weights
@@ -25,7 +27,7 @@ from typing import Sequence
 from torch import nn
 
 from .certify import certify_rho, qc_blocks, sqrt_up
-from . import barrier, scs_direct
+from . import barrier, dual_scaling, scs_direct
 from .lipsdp import build_lmi_problem, solve_lmi
 from .lower import sampled_lower_bound
 from .methods import canonical_method, make_qcs
@@ -54,6 +56,18 @@ def as_network(model: nn.Module | LipNetwork | str | Path, input_shape: Sequence
     raise TypeError(f"cannot compute a Lipschitz bound for {type(model).__name__}")
 
 
+# LMI size from which solver="auto" uses the dual-scaling method (block-tridiagonal line searches
+# and a proven stopping gap) instead of the dense barrier for slope-restricted nets; see the
+# benchmark (benchmarks/lipschitz.py) for the measurements behind it.
+DUAL_SCALING_MIN_SIZE = 1000
+
+
+def auto_slope_solver(weights) -> str:
+    """``BARRIER`` for small LMIs, ``DUAL-SCALING`` from :data:`DUAL_SCALING_MIN_SIZE` on."""
+    size = weights[0].shape[1] + sum(w.shape[0] for w in weights[:-1])
+    return "DUAL-SCALING" if size >= DUAL_SCALING_MIN_SIZE else "BARRIER"
+
+
 class _Backend:
     """One solver backend behind a common ``solve(eps, max_iters, warm_start)``."""
 
@@ -61,10 +75,12 @@ class _Backend:
         name = solver.upper()
         if name == "AUTO":
             # measured (5fc_32 MaxMin, 2 loaded cores): cvxpy+SCS 26 s, direct chordal SCS 47 s
-            name = "BARRIER" if barrier.supports(qcs) else "SCS-CVXPY"
+            name = auto_slope_solver(weights) if barrier.supports(qcs) else "SCS-CVXPY"
         self.name, self.time_limit = name, time_limit
         if name == "BARRIER":
             self.problem = barrier.build_barrier(weights, qcs)
+        elif name == "DUAL-SCALING":
+            self.problem = dual_scaling.build_dual_scaling(weights, qcs)
         elif name in ("SCS", "SCS-DIRECT", "SCS-FULL"):
             self.problem = scs_direct.build_direct(weights, qcs, chordal=name != "SCS-FULL")
         else:
@@ -72,14 +88,19 @@ class _Backend:
         self.build_s, self.lmi_size = self.problem.build_s, self.problem.lmi_size
 
     def initial_eps(self, eps: float) -> float:
-        # the barrier's eps is a relative duality gap on rho (its iterates are strictly feasible)
-        return min(100 * eps, 1e-3) if self.name == "BARRIER" else eps
+        # the interior-point eps is a relative duality gap on rho (iterates strictly feasible)
+        return min(100 * eps, 1e-3) if self.name in ("BARRIER", "DUAL-SCALING") else eps
 
     def solve(self, eps: float, max_iters: int | None, warm_start: bool):
         if self.name == "BARRIER":
             res = barrier.solve_barrier(self.problem, eps, max_iters, warm_start, self.time_limit)
             if res.values and math.isfinite(res.rho):  # report the optimum's estimate from below
                 res.rho = max(res.rho - res.tolerances.get("duality_gap_estimate", 0.0), 0.0)
+            return res
+        if self.name == "DUAL-SCALING":
+            res = dual_scaling.solve_dual_scaling(self.problem, eps, max_iters, warm_start, self.time_limit)
+            if res.values and math.isfinite(res.rho):  # report the dual (lower) bound as raw value
+                res.rho = max(res.tolerances.get("lower_bound", 0.0), 0.0)
             return res
         if self.name in ("SCS", "SCS-DIRECT", "SCS-FULL"):
             return scs_direct.solve_direct(self.problem, eps, max_iters, warm_start, time_limit=self.time_limit)
@@ -98,7 +119,7 @@ def lipschitz_bound(model: nn.Module | LipNetwork | str | Path, norm: int | str 
     ``model``: an ``nn.Sequential`` (Linear/Conv/BatchNorm(eval)/Flatten + activations), a
     :class:`LipNetwork`, or a ``.mat`` file (``activation`` picks the activation for weight files).
     ``method``: ``neuron`` | ``layer`` | ``maxmin-qc`` | ``maxmin-elim`` | ``auto``.
-    ``solver``: ``auto`` | ``barrier`` | ``SCS`` (direct, chordal) | ``SCS-FULL`` (direct, one cone) |
+    ``solver``: ``auto`` | ``barrier`` | ``dual-scaling`` | ``SCS`` (direct, chordal) | ``SCS-FULL`` (direct, one cone) |
     ``SCS-CVXPY`` | ``CLARABEL`` (see the module docstring). ``time_limit``: seconds per solve
     (the best iterate so far is certified). ``eps``: solver tolerance (the barrier starts at a
     relative gap of ``min(100 eps, 1e-3)``); tightened 10x per re-solve.
