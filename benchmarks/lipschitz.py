@@ -1,6 +1,12 @@
 """Lipschitz benchmark: certified LipSDP / MaxMin-QC bounds against published and reference values.
 
     python benchmarks/lipschitz.py [--only NAME ...] [--out DIR] [--quick]
+    python benchmarks/lipschitz.py --relu-table [--largest 10x200] [--solver auto]
+
+``--relu-table`` prints only the random-ReLU table (2x100, 5x100, 8x200 and the ``--largest`` net,
+run with a 300 s solver time limit): certified bound, raw SDP value (the solver's lower estimate),
+product bound, sampled lower bound, the optimum (a high-accuracy solve, computed once and stored
+in DIR/relu_reference.json; delete it to recompute), the gap of the certified bound to it, time.
 
 Rows: the LipSDP README network (targets Neuron 36.482, Layer 39.839), Pauli et al.'s MaxMin MNIST
 MLPs (18fc_32: their SDP about 17432, product 73402.96), random ReLU nets 2x100, 5x100 and 8x200
@@ -66,6 +72,42 @@ def tight_reference(net) -> float:
     return lipschitz_bound(net, solver="barrier", eps=1e-10, lower_samples=0, max_resolves=0).sdp_value
 
 
+def relu_table(out: Path, largest: str, solver: str, only: list[str] | None = None) -> int:
+    """The random-ReLU rows only; references are cached (they cost far more than the rows)."""
+    import torch
+    torch.set_num_threads(1)
+    ref_file = out / "relu_reference.json"
+    refs = json.loads(ref_file.read_text()) if ref_file.is_file() else {}
+    layers_l, width_l = (int(x) for x in largest.lower().split("x"))
+    print(f"{'net':8s} {'lower':>9s} {'certified':>11s} {'raw SDP':>11s} {'product':>10s} {'optimum':>11s} "
+          f"{'vs opt':>9s} {'solver':>12s} {'time s':>7s}")
+    rows = []
+    for layers, width in ((2, 100), (5, 100), (8, 200), (layers_l, width_l)):
+        name = f"{layers}x{width}"
+        if only and not any(o in name for o in only):
+            continue
+        net = random_relu(layers, width)
+        if name not in refs and (layers, width) != (layers_l, width_l):
+            refs[name] = lipschitz_bound(net, solver="dual-scaling", eps=1e-9, lower_samples=0,
+                                         max_resolves=0).sdp_certified
+            out.mkdir(parents=True, exist_ok=True)
+            ref_file.write_text(json.dumps(refs, indent=2))
+        limit = 300.0 if (layers, width) == (layers_l, width_l) else None
+        start = time.perf_counter()
+        cert = lipschitz_bound(net, solver=solver, time_limit=limit)
+        total = time.perf_counter() - start
+        ref = refs.get(name, math.nan)
+        rows.append(dict(case=f"relu_{name}", lower=cert.lower_bound, certified=cert.bound,
+                         raw_sdp=cert.sdp_value, product=cert.product_bound, optimum=ref,
+                         vs_optimum=cert.bound / ref - 1, solver=cert.solver, status=cert.status,
+                         iterations=cert.iterations, total_s=total))
+        print(f"{name:8s} {cert.lower_bound:9.4g} {cert.bound:11.7g} {cert.sdp_value:11.7g} "
+              f"{cert.product_bound:10.5g} {ref:11.7g} {cert.bound / ref - 1:9.2e} {cert.solver:>12s} "
+              f"{total:7.1f}", flush=True)
+        write_results(out, rows)
+    return 0
+
+
 def write_results(out: Path, rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "lipschitz.csv", "w", newline="") as f:
@@ -80,7 +122,12 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="substrings of row names to run")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--quick", action="store_true", help="skip the 8- and 18-layer MaxMin nets")
+    parser.add_argument("--relu-table", action="store_true", help="only the random-ReLU table")
+    parser.add_argument("--largest", default="10x200", help="LxW of the largest ReLU net (300 s limit)")
+    parser.add_argument("--solver", default="auto", help="solver for the --relu-table rows")
     args = parser.parse_args()
+    if args.relu_table:
+        return relu_table(args.out, args.largest, args.solver, args.only)
     rows = []
     header = f"{'case':28s} {'lower':>11s} {'certified':>11s} {'raw SDP':>11s} {'gap':>9s} {'product':>11s} " \
              f"{'reference':>11s} {'vs ref':>9s} {'build':>6s} {'solve':>7s} {'cert':>6s} {'total':>7s}"
