@@ -39,11 +39,23 @@ in s: an interval); we find it by doubling/halving and bisection on the cheap te
 drives both the stopping rule (``rho - lb <= eps rho``: a relative gap that holds in exact
 arithmetic, not a "central path" estimate) and the step.
 
-**Step.** ``mu = (rho - lb) / (sigma nu)`` (potential-reduction choice: aim a factor sigma below
-the current gap), damped Newton step on ``rho/mu + phi`` with an Armijo backtracking line
-search whose every trial is a block Cholesky. Every iterate is strictly feasible, so the
-float64 certification (:mod:`nlverify.sdp.certify`) of the returned multipliers loses nothing
-but its rounding margin; the solver's word is never the bound.
+**Step.** Path following: damped Newton steps on ``rho/mu + phi`` (Armijo backtracking, every
+trial a block Cholesky; a full step is extrapolated while the merit keeps falling) until
+``lambda^2/2 <= center_tol``, then ``mu <- max(mu / mu_factor, (rho - lb) / (10 mu_factor nu))``
+and the new mu's direction is taken from the same two solves. Start: the closed-form layerwise
+feasible point of :func:`nlverify.sdp.barrier.feasible_start`, ``mu = rho / (100 nu)``.
+(A pure potential-reduction choice ``mu = (rho - lb)/(sigma nu)`` was tried first: it stalls
+for ~150 iterations on 5x100 while no dual bound is found, since ``lb = 0`` overstates the gap.)
+Every iterate is strictly feasible, so the float64 certification (:mod:`nlverify.sdp.certify`)
+of the returned multipliers loses nothing but its rounding margin; the solver's word is never
+the bound.
+
+**Status (measured).** Correct (agrees with Clarabel to 1e-5 relative, proven gap), and each
+iteration is cheaper than the dense barrier's (one ``potri`` instead of an n x n ``cho_solve``,
+O(sum n_k^3) line searches), but the iteration count is not lower: 120-175 iterations on 5x100,
+dominated by long centring phases with a Newton decrement stuck near 3 at full steps (a flat
+valley of the barrier). On 8x200 it does not reach 1 % within 60 s. Set ``NLVERIFY_DS_DEBUG=1``
+to print the per-iteration trace.
 """
 from __future__ import annotations
 
