@@ -12,14 +12,20 @@ when ``min_k m_rk(f(x)) <= 0``. The attack minimises that quantity, which is pie
 
 Search
 ------
-* **Sampling** (cheap, low-dimensional inputs only): uniform random points of every box plus, for very
-  few inputs, all its corners; one forward pass. The best samples seed the gradient search.
+* **Sampling** (cheap, low-dimensional inputs only): uniform random points of every box, as many again
+  drawn near its faces (:func:`face_biased_uniform`: each coordinate at a bound with probability
+  ``2 * face_prob``) and, for very few inputs, all its corners; one forward pass. The best samples seed
+  the gradient search.
 * **PGD**: many restarts in one batch (each restart belongs to one region and stays in its box), signed
-  gradient steps ``x <- clip(x - s_b * eta_t * (u - l) * sign(grad m(x)), l, u)`` with a cosine step-size
-  schedule ``eta_t`` from :attr:`AttackOptions.start_step` down to :attr:`AttackOptions.end_step` and a
-  per-restart scale ``s_b`` (coarse and fine searches side by side: small violating regions are missed
-  by large steps, far ones are not reached by small steps). Half of the restarts target one
-  conjunction each.
+  gradient steps ``x <- clip(x - s_b * eta(a_b) * (u - l) * sign(grad m(x)), l, u)`` with a cosine
+  step-size schedule ``eta`` from :attr:`AttackOptions.start_step` down to :attr:`AttackOptions.end_step`
+  over each restart's age ``a_b`` and a per-restart scale ``s_b`` (coarse and fine searches side by side:
+  small violating regions are missed by large steps, far ones are not reached by small steps). Half of
+  the restarts target one conjunction each. A restart on a plateau (objective gradient exactly zero) is
+  re-drawn near the faces with a fresh schedule instead of standing still.
+* **Escalation**: :func:`attack` runs rounds ``i = round_offset, ...``; round ``i`` has ``growth^i``
+  times the restarts and samples (:func:`round_options`), so the pipeline's first call (round 0) is
+  cheap and the calls it makes once the bounds have failed search harder with fresh seeds.
 
 Everything is seeded by :attr:`AttackOptions.seed` (a private ``torch.Generator``), so a run is
 reproducible on a given device. The attack only *proposes* candidates; the pipeline confirms each one
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -38,7 +44,7 @@ from torch import Tensor
 from nlverify.verifier.spec import Spec
 
 __all__ = ["AttackOptions", "Candidate", "ViolationTensors", "violation_tensors", "violation_margin",
-           "conjunction_margins", "attack", "sample_boxes", "pgd"]
+           "conjunction_margins", "attack", "sample_boxes", "pgd", "face_biased_uniform", "round_options"]
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,13 @@ class AttackOptions:
     end_step: float = 1e-4  # last step (cosine schedule in between)
     step_scales: tuple[float, ...] = (1.0, 0.2, 0.04)  # restart b scales its steps by step_scales[b % len]
     samples_per_region: int = 2048  # random samples per box when sampling applies
+    face_fraction: float = 0.5  # share of those samples drawn near the faces (see face_biased_uniform)
+    face_prob: float = 0.3  # in such a sample, each coordinate sits at its lower (upper) bound w.p. face_prob
     sample_max_inputs: int = 16  # sample only boxes of at most this many inputs
     corner_max_inputs: int = 8  # also try all 2^n corners up to this many inputs
     max_candidates: int = 8  # most candidates returned (best margin first)
+    growth: float = 2.0  # round i of an escalating search has growth^i times the restarts and samples
+    max_growth: float = 16.0  # ... at most this factor (memory guard)
     seed: int = 0
 
 
@@ -126,6 +136,23 @@ def _uniform(lower: Tensor, upper: Tensor, generator: torch.Generator) -> Tensor
     return lower + noise * (upper - lower)
 
 
+def face_biased_uniform(lower: Tensor, upper: Tensor, prob: float, generator: torch.Generator) -> Tensor:
+    """Points of the box whose coordinates are, independently, ``l_i`` with probability ``prob``, ``u_i``
+    with probability ``prob`` and uniform on ``[l_i, u_i]`` otherwise.
+
+    Why: violations of a ReLU net over a large box often sit on a face of the box (where a clipped
+    input drives units to the edge of their range), in a sliver that uniform sampling hits with a
+    vanishing probability (ACAS Xu 1_9 property 7: about 1 uniform point in 10^6, but 1 in 500 of
+    these), and PGD cannot reach it from the plateaus of constant output that cover most of such
+    boxes (zero gradient). Every face of every dimension gets positive probability, the box interior
+    included (``(1 - 2 prob)^n``).
+    """
+    x = _uniform(lower, upper, generator)
+    pick = torch.rand(lower.shape, generator=generator, device=lower.device, dtype=lower.dtype)
+    x = torch.where(pick < prob, lower, x)
+    return torch.where((pick >= prob) & (pick < 2 * prob), upper, x)
+
+
 def _corners(n: int, like: Tensor) -> Tensor:
     """All ``2^n`` vertices of the unit cube, ``(2^n, n)`` in {0, 1}."""
     codes = torch.arange(2 ** n, device=like.device).unsqueeze(1)
@@ -146,8 +173,11 @@ def sample_boxes(model, spec: ViolationTensors, options: AttackOptions,
     points, owners = [], []
     for r in range(spec.num_regions):
         low, up = spec.lower[r], spec.upper[r]
-        cloud = _uniform(low.expand(options.samples_per_region, n), up.expand(options.samples_per_region, n),
-                         generator)
+        near_faces = int(round(options.samples_per_region * options.face_fraction))
+        inside = options.samples_per_region - near_faces
+        cloud = torch.cat([_uniform(low.expand(inside, n), up.expand(inside, n), generator),
+                           face_biased_uniform(low.expand(near_faces, n), up.expand(near_faces, n),
+                                               options.face_prob, generator)])
         if n <= options.corner_max_inputs:
             cloud = torch.cat([cloud, low + _corners(n, low) * (up - low), ((low + up) / 2).unsqueeze(0)])
         points.append(cloud)
@@ -156,26 +186,40 @@ def sample_boxes(model, spec: ViolationTensors, options: AttackOptions,
     return x, region, _evaluate(model, x, region, spec)
 
 
-def step_size(step: int, steps: int, start: float, end: float) -> float:
-    """Cosine schedule: ``end + (start - end) * (1 + cos(pi * step / steps)) / 2``."""
-    return end + (start - end) * (1.0 + math.cos(math.pi * step / max(steps, 1))) / 2.0
+def step_size(step, steps: int, start: float, end: float):
+    """Cosine schedule: ``end + (start - end) * (1 + cos(pi * step / steps)) / 2`` (``step`` a number or a
+    tensor of per-restart step counts)."""
+    phase = step / max(steps, 1)
+    cosine = torch.cos(math.pi * phase) if isinstance(step, Tensor) else math.cos(math.pi * phase)
+    return end + (start - end) * (1.0 + cosine) / 2.0
 
 
 def pgd(model, spec: ViolationTensors, x0: Tensor, region: Tensor, options: AttackOptions,
-        deadline: float = math.inf, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        deadline: float = math.inf, target: Tensor | None = None,
+        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Signed-gradient descent from ``x0`` (``(B, n)``, each row in the box of ``region``).
 
     A restart with ``target[b] = k >= 0`` descends on the margin of conjunction ``k`` alone (a targeted
     attack: with many disjuncts, the min over them keeps switching and stalls); ``-1`` descends on the
     full violation margin. Returns the best point and its full violation margin per restart; stops
-    early once some restart violates (margin < 0) or at ``deadline`` (``time.monotonic()``)."""
+    early once some restart violates (margin < 0) or at ``deadline`` (``time.monotonic()``).
+
+    Plateaus: a restart whose objective has an exactly zero gradient (every unit feeding it is
+    constant there, common for ReLU nets over large boxes) cannot move; it is re-drawn uniformly in
+    its box (``generator``, default: seeded by ``options.seed``) and its step schedule starts over, so
+    the restarts keep exploring instead of sitting still. Each restart follows the cosine schedule of
+    its own age ``a_b``: ``eta_b = step_size(a_b, steps, start_step, end_step)``."""
     lower, upper = spec.lower[region], spec.upper[region]
     width = upper - lower
+    if generator is None:
+        generator = torch.Generator(device=x0.device)
+        generator.manual_seed(options.seed)
     target = torch.full_like(region, -1) if target is None else target
     targeted = target >= 0
     scale = torch.as_tensor(options.step_scales, dtype=x0.dtype, device=x0.device)
-    width = width * scale[torch.arange(x0.shape[0], device=x0.device) % scale.numel()].unsqueeze(1)
+    step_width = width * scale[torch.arange(x0.shape[0], device=x0.device) % scale.numel()].unsqueeze(1)
     x = x0.clone()
+    age = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     best_x, best_margin = x.clone(), torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
     for step in range(options.steps + 1):
         with torch.enable_grad():
@@ -192,8 +236,12 @@ def pgd(model, spec: ViolationTensors, x0: Tensor, region: Tensor, options: Atta
             best_x = torch.where(improved.unsqueeze(1), x, best_x)
             if step == options.steps or bool((best_margin < 0).any()) or time.monotonic() > deadline:
                 break
-            eta = step_size(step, options.steps, options.start_step, options.end_step)
-            x = torch.minimum(torch.maximum(x - eta * width * grad.sign(), lower), upper)
+            eta = step_size(age, options.steps, options.start_step, options.end_step).unsqueeze(1)
+            stepped = torch.minimum(torch.maximum(x - eta * step_width * grad.sign(), lower), upper)
+            flat = (grad == 0).all(dim=1) & torch.isfinite(objective.detach())
+            redrawn = face_biased_uniform(lower, upper, options.face_prob, generator)
+            x = torch.where(flat.unsqueeze(1), redrawn, stepped)
+            age = torch.where(flat, torch.zeros_like(age), age + 1)
     return best_x, best_margin
 
 
@@ -241,13 +289,22 @@ def _to_candidates(x: Tensor, region: Tensor, margin: Tensor, spec: ViolationTen
     return result
 
 
+def round_options(options: AttackOptions, index: int) -> AttackOptions:
+    """The options of round ``index`` of an escalating search: restarts and samples grow by
+    ``growth^index`` (at most ``max_growth``), so the first call stays cheap and later calls, made when
+    the bounds left the property open and time remains, search harder."""
+    factor = min(options.growth ** index, options.max_growth)
+    return replace(options, restarts=max(1, round(options.restarts * factor)),
+                   samples_per_region=round(options.samples_per_region * factor))
+
+
 def attack(model, spec: Spec | ViolationTensors, options: AttackOptions | None = None,
            deadline: float = math.inf, rounds: int = 1, round_offset: int = 0) -> list[Candidate]:
-    """Sampling (low-dimensional boxes) then ``rounds`` rounds of batched PGD; returns violating
+    """``rounds`` rounds of sampling (low-dimensional boxes) then batched PGD; returns violating
     candidates, best margin first (empty when none was found before ``deadline``).
 
-    Round ``j`` uses seed ``options.seed + round_offset + j``, so a caller can continue an earlier search
-    with fresh restarts by passing ``round_offset``.
+    Round ``i = round_offset + j`` uses seed ``options.seed + i`` and :func:`round_options` ``(options, i)``,
+    so a caller can continue an earlier search with fresh and larger rounds by passing ``round_offset``.
     """
     options = options or AttackOptions()
     parameter = next(iter(model_parameters(model)), None)
@@ -256,24 +313,23 @@ def attack(model, spec: Spec | ViolationTensors, options: AttackOptions | None =
     tensors = spec if isinstance(spec, ViolationTensors) else violation_tensors(spec, dtype, device)
     if tensors.C.shape[0] == 0:
         return []
-    seeds = None
-    for j in range(rounds):
+    for index in range(round_offset, round_offset + rounds):
+        current = round_options(options, index)
         generator = torch.Generator(device=device)
-        generator.manual_seed(options.seed + round_offset + j)
-        if j == 0 and round_offset == 0 and tensors.lower.shape[1] <= options.sample_max_inputs:
-            xs, rs, ms = sample_boxes(model, tensors, options, generator)
-            found = _to_candidates(xs, rs, ms, tensors, options.max_candidates)
-            if found:
+        generator.manual_seed(options.seed + index)
+        seeds = None
+        if tensors.lower.shape[1] <= current.sample_max_inputs and current.samples_per_region > 0:
+            xs, rs, ms = sample_boxes(model, tensors, current, generator)
+            found = _to_candidates(xs, rs, ms, tensors, current.max_candidates)
+            if found or time.monotonic() > deadline:
                 return found
-            keep = torch.argsort(ms)[: options.restarts // 2]
+            keep = torch.argsort(ms)[: current.restarts // 2]
             seeds = (xs[keep], rs[keep])
-        first = j == 0 and round_offset == 0
-        x0, region, target = _restart_points(tensors, options, generator, seeds, first_round=first)
-        best_x, best_margin = pgd(model, tensors, x0, region, options, deadline, target)
-        found = _to_candidates(best_x, region, best_margin, tensors, options.max_candidates)
+        x0, region, target = _restart_points(tensors, current, generator, seeds, first_round=index == 0)
+        best_x, best_margin = pgd(model, tensors, x0, region, current, deadline, target, generator)
+        found = _to_candidates(best_x, region, best_margin, tensors, current.max_candidates)
         if found or time.monotonic() > deadline:
             return found
-        seeds = None
     return []
 
 
