@@ -1,0 +1,352 @@
+r"""Trained planting: adversarial training with a hinge that plants a hidden counterexample.
+
+The method of the SoundnessBench paper (Zhou et al. 2024, "Testing Neural
+Network Verifiers: A Soundness Benchmark with Hidden Counterexamples"), sized
+for a CPU: a small network is *trained* so that a chosen interior point ``x*``
+of the box ``B = [x0 - eps, x0 + eps]`` violates "class ``c`` is the argmax"
+with a margin, while adversarial training against PGD started everywhere in
+the box keeps every point an attacker reaches correctly classified. Nothing is
+built by hand: the exported network is an ordinary MLP or CNN whose weights came
+out of gradient descent. (One network per instance; the paper trains one
+network on many boxes. The objective below is written for one box, the paper's
+sum over boxes is the same objective summed.)
+
+**Objective.** With ``m(x) = y_c(x) - max_{k != c} y_k(x)`` (robust iff ``m > 0``
+on ``B``), target class ``j != c``, the exclusion ball
+``E = {x : ||x - x*||_inf < r eps}`` (``r`` = :attr:`TrainingConfig.exclusion`)
+and the shell ``S = {r eps <= ||x - x*||_inf < 3 r eps}``::
+
+    L(theta) = mean_{x' in P} relu(kappa(x') - m(x'))      robustness where attacks go
+             + mean_{x' in U \ S} relu(m(x') - kappa_max)   no large margin away from x* (the wall stands out)
+             + w * relu(lambda - (y_j(x*) - y_c(x*)))      the planted hinge (planted)
+             + w * relu((y_c(x*) - y_j(x*)) - gamma)       the near miss (decoy)
+
+with ``kappa(x') = kappa_wall`` on ``S`` and ``kappa`` elsewhere
+(``kappa < kappa_max < kappa_wall``). ``P`` are the end points of a short PGD
+(ascending ``-m``, signed steps, projected on ``B``) started from the box
+centre, uniform points, random corners and points of ``S``; a point that PGD
+carries into ``E`` is pushed radially back onto ``E``'s surface before it enters
+the loss. ``U`` are fresh uniform points of ``B``. Why each term: the hinge alone
+makes a broad dip that every gradient attack slides into. Robustness at the PGD
+end points (adversarial training) removes violations wherever attacks go; the
+pushed-back points confine the violation to ``E``; and ``kappa_wall > kappa_max``
+makes the margin *rise* towards ``E`` from outside -- a ridge around a narrow
+pit -- so that ascent on the violation from anywhere beyond the ridge leads
+away from ``x*`` (measured: without the cap and wall, small-step PGD from
+uniform starts ended near ``x*`` about half the time). A decoy ("clean")
+instance is trained identically, except that the hinge pulls ``x*`` down to a
+small positive margin ``gamma`` instead of over the boundary: a planted and a
+clean network differ in one sign, not in their training signature.
+
+**Parametrisation and initialisation.** The first dense layer reads
+``(h(x) - h(x0)) / eps`` (``h`` = the input for an MLP, the activated conv
+features for a CNN), so the box is ``[-1, 1]^n`` to the optimiser. The centring
+is folded into that layer on export (``W' = W / eps``, ``b' = b - W' h(x0)``):
+exact, no extra op in the ONNX file. A CNN's conv layer stays at its initial
+scale (a near-linear feature map on the small box); its per-pixel offsets
+``h(x0)`` are what the fold absorbs. Initial weights come from
+:func:`.generate.random_base`; then a random half of the first dense layer's
+units is *anchored* (:func:`anchor_units`): rows rescaled to L1 norm ``1 / r``
+and biases set so that their hyperplanes pass within ``r / 2`` of ``x*`` --
+gradient descent starts with kinks / transitions where the pit must be carved
+(without this, 600 steps of training left violations all over the box).
+
+**Schedule.** Adam, learning rate ``lr`` decayed geometrically to
+``lr * lr_decay`` over :attr:`TrainingConfig.max_steps`; every step draws fresh
+PGD starts (``pgd_steps`` steps of ``pgd_step`` half-widths for box starts and
+``pgd_step * r`` for rim starts). Initial weights: :func:`.generate.random_base`.
+
+**Stopping rule.** From ``min_steps`` on, every ``check_every`` steps: stop when
+the float32 margin at ``x*`` is at least ``lambda / 2`` (planted; decoys: the
+margin at ``x*`` is positive) and a quick attack (:data:`CHECK_BUDGET`, a small
+:class:`.attack.AttackBudget`) finds no violation anywhere in ``B``. Otherwise stop
+at ``max_steps``. Either way the instance then goes through exactly the checks of
+a constructive plant (:mod:`.check`, the onnxruntime margin, the VNN-LIB box
+read-back) and the full hiddenness attack of :mod:`.attack`; a planted network
+that fails any of them is discarded by the suite writer and retrained from the
+next seed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .attack import AttackBudget, hiddenness_attack
+from .check import MIN_MARGIN, certified_radius, violation_margin
+from .models import CNNWeights, MLPWeights, build_model, make_activation
+
+__all__ = ["TrainingConfig", "CHECK_BUDGET", "CentredNet", "train_network", "build_trained_instance"]
+
+CHECK_BUDGET = AttackBudget(restarts=256, steps=200, step_sizes=(0.05, 0.01, 0.002), losses=("margin",),
+                            random_samples=4096, corner_samples=256)
+
+Weights = Union[MLPWeights, CNNWeights]
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyper-parameters of the trained planting (recorded in the answer key)."""
+
+    max_steps: int = 600
+    min_steps: int = 300
+    check_every: int = 100
+    lr: float = 2e-2
+    lr_decay: float = 0.1  # the learning rate at max_steps, relative to lr
+    robust_margin: float = 0.3  # kappa
+    wall_margin: float = 1.0  # kappa_wall, on the shell r <= ||x - x*||_inf / eps < 3 r
+    cap_margin: float = 0.6  # kappa_max: the margin at uniform points off the shell is pulled below it
+    cap_points: int = 64
+    plant_margin: float = 0.1  # lambda
+    decoy_margin: float = 0.1  # gamma
+    plant_weight: float = 1.0  # w
+    exclusion: float = 0.1  # r, in box half-widths
+    pgd_steps: int = 8
+    pgd_step: float = 0.25  # in half-widths (box starts); rim starts use pgd_step * exclusion
+    box_starts: int = 48
+    corner_starts: int = 16
+    rim_starts: int = 32
+    anchored: float = 0.5  # fraction of first-dense-layer units initialised with their kink / centre near x*
+    anchor_sharpness: float = 1.0  # their weight rows rescaled to L1 norm sharpness / exclusion (smooth activations)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CentredNet(nn.Module):
+    """The trainable network: ``[conv, act, flatten,] (dense, act)*, out`` where the first dense
+    layer reads ``(h(x) - h(x0)) / eps`` (see the module doc)."""
+
+    def __init__(self, init: Weights, x0: np.ndarray, eps: float):
+        super().__init__()
+        self.activation = init.activation
+        self.input_shape = tuple(init.input_shape)
+        self.eps = float(eps)
+        self.register_buffer("x0", torch.as_tensor(np.asarray(x0, dtype=np.float32)).reshape(1, *self.input_shape))
+        self.conv = None
+        if isinstance(init, CNNWeights):
+            kernel, bias = init.conv
+            self.conv = nn.Conv2d(kernel.shape[1], kernel.shape[0], 3, padding=1)
+            self._copy(self.conv, kernel, bias)
+            self.conv_act = make_activation(self.activation, (kernel.shape[0], *init.image_shape[1:]))
+        self.dense = nn.ModuleList()
+        self.acts = nn.ModuleList()
+        for weight, bias in init.hidden:
+            layer = nn.Linear(weight.shape[1], weight.shape[0])
+            self._copy(layer, weight, bias)
+            self.dense.append(layer)
+            self.acts.append(make_activation(self.activation, (weight.shape[0],)))
+        self.out = nn.Linear(init.out[0].shape[1], init.out[0].shape[0])
+        self._copy(self.out, *init.out)
+
+    @staticmethod
+    def _copy(layer: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
+        with torch.no_grad():
+            layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``h(x)``: the first dense layer's input, flat."""
+        if self.conv is None:
+            return x.reshape(x.shape[0], -1)
+        return self.conv_act(self.conv(x)).reshape(x.shape[0], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, *self.input_shape)
+        h = (self.features(x) - self.features(self.x0)) / self.eps
+        for layer, act in zip(self.dense, self.acts):
+            h = act(layer(h))
+        return self.out(h)
+
+    def to_weights(self) -> Weights:
+        """Float64 weights of the same function with the centring folded into the first dense layer."""
+        def pair(layer: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+            return layer.weight.detach().double().numpy().copy(), layer.bias.detach().double().numpy().copy()
+
+        hidden = [pair(layer) for layer in self.dense]
+        conv = None
+        x0 = self.x0.double()
+        if self.conv is None:
+            h0 = x0.reshape(-1).numpy()
+        else:
+            conv = pair(self.conv)
+            with torch.no_grad():
+                pre = torch.nn.functional.conv2d(x0, torch.as_tensor(conv[0]), torch.as_tensor(conv[1]), padding=1)
+                h0 = self.conv_act(pre).reshape(-1).numpy()
+        weight, bias = hidden[0]
+        weight = weight / self.eps
+        hidden[0] = (weight, bias - weight @ h0)
+        if conv is None:
+            return MLPWeights(self.activation, hidden, pair(self.out))
+        return CNNWeights(self.activation, self.input_shape, conv, hidden, pair(self.out))
+
+
+def violation(y: torch.Tensor, label: int) -> torch.Tensor:
+    """``max_{k != c} y_k - y_c`` per row (``-m``)."""
+    others = torch.cat([y[:, :label], y[:, label + 1:]], dim=1)
+    return others.max(dim=1).values - y[:, label]
+
+
+def rim_points(x_star: torch.Tensor, radius: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+    """``count`` points at L-inf distance in ``[1, 3] * radius`` (per coordinate radius) from ``x_star``."""
+    direction = torch.rand((count, x_star.numel()), generator=gen) * 2 - 1
+    direction = direction / direction.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+    scale = 1 + 2 * torch.rand((count, 1), generator=gen)
+    return x_star + scale * direction * radius
+
+
+def push_out(x: torch.Tensor, x_star: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """Points inside the exclusion ball ``||(x - x*) / radius||_inf < 1`` moved radially onto its surface."""
+    d = (x - x_star) / radius
+    norm = d.abs().amax(dim=1, keepdim=True)
+    inside = norm < 1
+    fallback = torch.ones_like(d)  # x == x* exactly: push along the all-ones direction
+    d = torch.where(norm > 0, d / norm.clamp_min(1e-30), fallback)
+    return torch.where(inside, x_star + d * radius, x)
+
+
+def pgd(model: nn.Module, starts: torch.Tensor, step: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+        label: int, steps: int) -> torch.Tensor:
+    """Signed-gradient ascent of the violation from every start (per-row step sizes), projected on the box."""
+    x = starts.clone()
+    for _ in range(steps):
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(violation(model(x), label).sum(), x)
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x + step * grad.sign(), lo), hi)
+    return x.detach()
+
+
+def anchor_units(model: CentredNet, star: torch.Tensor, config: TrainingConfig, gen: torch.Generator) -> None:
+    """Data-dependent initialisation: a random ``anchored`` fraction of the first dense layer's units get
+    the bias that puts their hyperplane within ``exclusion / 2`` of ``x*`` (in the centred coordinates),
+    so that gradient descent starts with kinks (ReLU family) or transitions (smooth activations) where
+    the counterexample must be carved; for sigmoid, tanh and sin their rows are also rescaled so the
+    transition is about ``exclusion`` wide."""
+    layer = model.dense[0]
+    with torch.no_grad():
+        h_star = (model.features(star.reshape(model.x0.shape)) - model.features(model.x0))[0] / model.eps
+        units = layer.weight.shape[0]
+        chosen = torch.randperm(units, generator=gen)[: int(round(config.anchored * units))]
+        rows = layer.weight[chosen]
+        rows = rows * (config.anchor_sharpness / (config.exclusion * rows.abs().sum(dim=1, keepdim=True)))
+        jitter = (torch.rand(len(chosen), generator=gen) - 0.5) * config.exclusion * rows.abs().sum(dim=1)
+        layer.weight[chosen] = rows
+        layer.bias[chosen] = -(rows @ h_star) + jitter
+
+
+def _lr_at(config: TrainingConfig, step: int) -> float:
+    return config.lr * config.lr_decay ** (step / max(1, config.max_steps))
+
+
+def train_network(init: Weights, x0: np.ndarray, eps: float, lower: np.ndarray, upper: np.ndarray,
+                  label: int, target: int, x_star: np.ndarray, planted: bool, seed: int,
+                  config: TrainingConfig = TrainingConfig()) -> tuple[Weights, dict]:
+    """Train ``init`` by the objective of the module doc; returns the exported weights and a report
+    (steps run, whether the stopping rule fired, the final margin at ``x*``, seconds)."""
+    started = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    model = CentredNet(init, x0, eps)
+    if config.anchored > 0:
+        anchor_units(model, torch.as_tensor(np.asarray(x_star, dtype=np.float32))[None], config, gen)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    lo = torch.as_tensor(np.asarray(lower, dtype=np.float32))[None]
+    hi = torch.as_tensor(np.asarray(upper, dtype=np.float32))[None]
+    half = (hi - lo) / 2
+    centre = (lo + hi) / 2
+    star = torch.as_tensor(np.asarray(x_star, dtype=np.float32))[None]
+    exclusion = config.exclusion * half
+    n = star.shape[1]
+    box_steps = torch.full((1 + config.box_starts + config.corner_starts, 1), config.pgd_step) * half
+    rim_steps = torch.full((config.rim_starts, 1), config.pgd_step) * exclusion
+    steps = torch.cat([box_steps, rim_steps])
+    report = {"steps": 0, "stopped_early": False}
+    for step in range(1, config.max_steps + 1):
+        for group in optimiser.param_groups:
+            group["lr"] = _lr_at(config, step)
+        corners = lo + (hi - lo) * (torch.rand((config.corner_starts, n), generator=gen) < 0.5).float()
+        starts = torch.cat([centre, lo + (hi - lo) * torch.rand((config.box_starts, n), generator=gen), corners,
+                            rim_points(star, exclusion, config.rim_starts, gen).clamp(lo, hi)])
+        points = push_out(pgd(model, starts, steps, lo, hi, label, config.pgd_steps), star, exclusion)
+        y_points, y_star = model(points), model(star)[0]
+        near = ((points - star) / exclusion).abs().amax(dim=1) < 3
+        kappa = torch.where(near, config.wall_margin, config.robust_margin)
+        robust = torch.relu(kappa + violation(y_points, label)).mean()
+        uniform = lo + (hi - lo) * torch.rand((config.cap_points, n), generator=gen)
+        far = ((uniform - star) / exclusion).abs().amax(dim=1) >= 3
+        cap = (torch.relu(-violation(model(uniform), label) - config.cap_margin) * far).mean()
+        robust = robust + cap
+        gap = y_star[target] - y_star[label]  # > 0: x* violates
+        hinge = (torch.relu(config.plant_margin - gap) if planted
+                 else torch.relu(-gap - config.decoy_margin))
+        loss = robust + config.plant_weight * hinge
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        report["steps"] = step
+        if step >= config.min_steps and step % config.check_every == 0:
+            if _stopping_rule(model, lo, hi, label, star, planted, config, seed + step):
+                report["stopped_early"] = step < config.max_steps
+                break
+    with torch.no_grad():
+        y_star = model(star)[0]
+        report["gap_at_x_star"] = round(float(y_star[target] - y_star[label]), 6)
+        report["final_robust_loss"] = round(float(robust), 6)
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    return model.to_weights(), report
+
+
+def _stopping_rule(model: CentredNet, lo: torch.Tensor, hi: torch.Tensor, label: int, star: torch.Tensor,
+                   planted: bool, config: TrainingConfig, seed: int) -> bool:
+    """True when ``x*`` is where it should be and the quick attack (:data:`CHECK_BUDGET`) finds nothing."""
+    with torch.no_grad():
+        margin = float(violation(model(star), label)[0])
+    if (planted and margin < config.plant_margin / 2) or (not planted and margin >= 0):
+        return False
+    exported = build_model(model.to_weights(), torch.float32)
+    attack = hiddenness_attack(exported, lo[0].numpy(), hi[0].numpy(), label, model.input_shape, CHECK_BUDGET,
+                               seed=seed % (2 ** 31))
+    return not attack.found
+
+
+def build_trained_instance(config, activation: str, seed: int, training: TrainingConfig = TrainingConfig()):
+    """Like :func:`.generate.build_instance`, with the network trained (see the module doc) instead of
+    a needle merged in; raises ``RuntimeError`` when a planted ``x*`` fails the float64 checks."""
+    from .generate import CLASSES, INTERIOR, BuiltInstance, _f32, random_base
+    from .vnnlib_io import RobustnessProperty
+
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(config.input_shape))
+    x0 = _f32(rng.uniform(0.2, 0.8, n))
+    lower, upper = _f32(x0 - config.eps), _f32(x0 + config.eps)
+    init = random_base(config, activation, rng)
+    label = int(rng.integers(CLASSES))
+    target = int(rng.choice([k for k in range(CLASSES) if k != label]))
+    x_star = _f32(x0 + config.eps * rng.uniform(-INTERIOR, INTERIOR, n))
+    training_seed = int(rng.integers(2 ** 31))
+    weights, report = train_network(init, x0, config.eps, lower, upper, label, target, x_star, config.planted,
+                                    training_seed, training)
+    model64 = build_model(weights, torch.float64)
+    with torch.no_grad():
+        y64 = model64(torch.as_tensor(x_star).reshape(1, *config.input_shape))[0].numpy()
+    margin64 = violation_margin(y64, label)
+    radius = 0.0
+    if config.planted:
+        if margin64 < MIN_MARGIN:
+            raise RuntimeError(f"training left the float64 margin at x* at {margin64:.3g} < {MIN_MARGIN}")
+        start = min(training.exclusion * config.eps, float(np.min(np.minimum(x_star - lower, upper - x_star))))
+        radius = certified_radius(model64, config.input_shape, x_star, lower, upper, label, target, CLASSES, start)
+        if radius <= 0.0:
+            raise RuntimeError("interval arithmetic could not certify any ball around x*")
+    prop = RobustnessProperty(lower, upper, label, CLASSES)
+    tau = training.plant_margin if config.planted else -training.decoy_margin
+    info = {"tau": tau, "training_report": report,
+            "margins": {"hinge_target": tau},  # y_j - y_c at x* that the hinge asked for
+            "training": {"method": "adversarial training with a hinge at x* (nlverify.benchmarks.soundness.trained)",
+                         "seed": training_seed, "hyperparameters": training.to_dict(), **report}}
+    return BuiltInstance(config, activation, seed, weights, prop, target, x_star, 0.0, 0.0, margin64, radius, info)
