@@ -1,6 +1,7 @@
 """``nlverify soundness``: generate a hidden-counterexample suite, or run a verifier on one.
 
     nlverify soundness generate OUT [--key KEYDIR] [--activations A ...] [--size small|medium] [--seed N]
+                                [--planting constructive|trained]
                                 [--prove-clean | --no-prove-clean] [--prove-timeout S]
     nlverify soundness run SUITE --key KEYDIR (--vnncomp-scripts DIR | --command 'TEMPLATE')
                            [--json] [--timeout-cap S] [--report-dir DIR]
@@ -39,6 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help=f"activations (default: all of {' '.join(ACTIVATIONS)})")
     gen.add_argument("--size", choices=("small", "medium"), default="small")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--planting", choices=("constructive", "trained"), default="constructive",
+                     help="constructive: a needle sub-network (default, seconds); trained: adversarial training "
+                          "with a hinge at x* (SoundnessBench-style, minutes for --size small)")
     gen.add_argument("--timeout", type=float, default=60.0, help="per-instance timeout written to instances.csv")
     gen.add_argument("--prove-clean", action=argparse.BooleanOptionalAction, default=None,
                      help="run our verifier (in-process) on every decoy the attack does not break and label "
@@ -82,7 +86,7 @@ def _generate(args) -> int:
             raise ValueError(f"--prove-timeout must be positive, got {args.prove_timeout:g}")
         prover = nlverify_clean_prover(args.prove_timeout, log) if prove else None
         summary = generate_suite(args.out, key, activations=args.activations, size=args.size, seed=args.seed,
-                                 timeout=args.timeout, clean_prover=prover, log=log)
+                                 timeout=args.timeout, clean_prover=prover, log=log, planting=args.planting)
     except (ValueError, OSError) as exc:
         _err(str(exc))
         return EXIT_USAGE

@@ -253,17 +253,23 @@ def generate_suite(out_dir: Union[str, Path], key_dir: Union[str, Path],
                    activations: Iterable[str] = ACTIVATIONS, size: str = "small", seed: int = 0,
                    budget: AttackBudget | None = None, timeout: float = 60.0, max_tries: int = 4,
                    clean_prover: CleanProver | None = None, threads: int | None = 1,
-                   planting: str = "constructive", log: Callable[[str], None] | None = None) -> dict:
+                   planting: str = "constructive", log: Callable[[str], None] | None = None,
+                   training=None) -> dict:
     """Write a VNN-COMP suite to ``out_dir`` and its answer key to ``key_dir/key.jsonl``.
 
     ``clean_prover`` (optional) upgrades a decoy's truth from ``unknown`` to
     ``holds`` when it returns ``"holds"`` (meant for a complete verifier, e.g.
     :func:`nlverify_clean_prover`); it runs with the generator's torch threads.
+    ``planting="trained"`` trains every network instead (:mod:`.trained`; ``training`` is its
+    :class:`.trained.TrainingConfig`, default when None); the checks and the attack are the same.
     Returns a summary (counts per activation, discarded plants, seconds, budget).
     """
-    if planting != "constructive":
-        raise NotImplementedError("trained (SoundnessBench-style adversarial-training) planting is not "
-                                  "implemented yet; use planting='constructive'")
+    if planting not in ("constructive", "trained"):
+        raise ValueError(f"unknown planting {planting!r}; expected 'constructive' or 'trained'")
+    if planting == "trained" and training is None:
+        from .trained import TrainingConfig
+
+        training = TrainingConfig()
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
     activations = list(activations)
@@ -287,6 +293,7 @@ def generate_suite(out_dir: Union[str, Path], key_dir: Union[str, Path],
     versions = package_versions()
     rows, entries = [], []
     summary: dict = {"per_activation": {}, "discarded": [], "budget": budget.to_dict(), "size": size, "seed": seed,
+                     "planting": planting, "training": None if training is None else training.to_dict(),
                      "clean_prover": None if clean_prover is None else
                      getattr(clean_prover, "description", getattr(clean_prover, "__name__", "custom"))}
     try:
@@ -300,7 +307,7 @@ def generate_suite(out_dir: Union[str, Path], key_dir: Union[str, Path],
                     instance_seed = int(np.random.SeedSequence([seed, a_index, c_index, attempt]).generate_state(1)[0])
                     try:
                         entry = _write_instance(config, activation, instance_seed, out_dir, budget,
-                                                names_rng, taken, clean_prover, timeout)
+                                                names_rng, taken, clean_prover, timeout, training)
                     except RuntimeError as exc:
                         summary["discarded"].append({"activation": activation, "config": asdict(config),
                                                      "seed": instance_seed, "reason": str(exc)})
@@ -346,9 +353,15 @@ def generate_suite(out_dir: Union[str, Path], key_dir: Union[str, Path],
 
 def _write_instance(config: InstanceConfig, activation: str, seed: int, out_dir: Path, budget: AttackBudget,
                     names_rng: np.random.Generator, taken: set[str], clean_prover: CleanProver | None,
-                    timeout: float) -> dict:
-    """Build, check, attack and write one instance; returns its key entry."""
-    inst = build_instance(config, activation, seed)
+                    timeout: float, training=None) -> dict:
+    """Build (by needle, or by training when ``training`` is a :class:`.trained.TrainingConfig`),
+    check, attack and write one instance; returns its key entry."""
+    if training is None:
+        inst = build_instance(config, activation, seed)
+    else:
+        from .trained import build_trained_instance
+
+        inst = build_trained_instance(config, activation, seed, training)
     model32 = build_model(inst.weights, torch.float32)
     attack = hiddenness_attack(model32, inst.prop.lower, inst.prop.upper, inst.prop.label,
                                config.input_shape, budget, seed=seed % (2 ** 31))
@@ -396,5 +409,11 @@ def _write_instance(config: InstanceConfig, activation: str, seed: int, out_dir:
         entry.update({"truth": truth, "hidden": None, "counterexample": counterexample,
                       "margins": {"base_at_x_star": inst.base_margin_at_x_star, "decoy_gap": -inst.info["tau"]},
                       "needle_height": inst.height})
+    entry["planting"] = "constructive" if training is None else "trained"
+    if training is not None:  # no base network and no needle: their fields give way to the training record
+        entry.pop("needle_height")
+        entry["margins"] = {k: v for k, v in entry["margins"].items() if k not in ("base_at_x_star", "tau", "decoy_gap")}
+        entry["margins"].update(inst.info["margins"])
+        entry["training"] = inst.info["training"]
     entry["sha256"] = {"onnx": _sha256(onnx_path), "vnnlib": _sha256(vnnlib_path)}
     return entry
