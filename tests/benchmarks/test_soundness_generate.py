@@ -112,8 +112,8 @@ def test_project_parser_agrees_with_our_reader(tiny_suite):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(NotImplementedError, match="trained"):
-        generate_suite(tmp_path / "s", tmp_path / "k", planting="trained")
+    with pytest.raises(ValueError, match="unknown planting"):
+        generate_suite(tmp_path / "s", tmp_path / "k", planting="grown")
     with pytest.raises(ValueError, match="inside the suite"):
         generate_suite(tmp_path / "s", tmp_path / "s" / "key", activations=["relu"], size="tiny")
     with pytest.raises(ValueError, match="unknown activation"):
