@@ -34,6 +34,9 @@ def qc_for_layer(spec: ActivationSpec, size: int, method: str) -> LayerQC:
     method = canonical_method(method)
     if spec.kind == "slope":
         return SlopeLayerQC(spec, size) if method == "layer" else SlopeNeuronQC(spec, size)
+    if spec.kind == "householder":  # one QC family for every method (see nlverify.sdp.householder)
+        from .householder import HouseholderQC
+        return HouseholderQC(spec, size)
     if spec.group_size == 2 and method in ("neuron", "maxmin-elim"):
         return MaxMinElimQC(spec, size)
     if method == "maxmin-elim":
