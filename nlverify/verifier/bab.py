@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from nlverify.bounds.alpha import AlphaOptions, alpha_crown
+from nlverify.bounds.forward import forward_bounds
 from nlverify.bounds.crown import (
     CrownOptions, DefaultRelaxations, SplitConstraints, close_infeasible, crown, propagate_bounds,
     spec_coefficients,
@@ -63,6 +64,7 @@ __all__ = ["BabOptions", "BabReport", "branch_and_bound", "bab_problem", "domain
 log = logging.getLogger(__name__)
 
 SPLIT_MODES = ("auto", "input", "activation")
+STRONG_BRANCHING_MAX_INPUTS = 8  # "auto" input branching tries every dimension up to this many inputs
 
 
 @dataclass
@@ -77,6 +79,8 @@ class BabOptions:
     branching: str = "bbps"  # or "width" (baseline, for ablation)
     split_points: str = "table"  # or "midpoint" (baseline, for ablation); ReLU/LeakyReLU split at 0 either way
     input_alpha_iterations: int = 0  # >0: alpha-CROWN (output alphas) on input-split children
+    input_bounds: str = "hybrid"  # input split: node boxes by "hybrid" (forward, then CROWN), "crown" or "forward"
+    input_branching: str = "auto"  # "smear", "strong" (try every dimension), "auto": strong for few inputs
     refine_intermediate: str = "auto"  # "on"/"off"/"auto": re-bound intermediate boxes of children by CROWN
     refine_max_cost: float = 2e7  # "auto" turns refinement on below this many multiply-adds per domain
     warm_start: bool = False  # keep alphas/betas per domain and start children from them (see notes)
@@ -98,6 +102,7 @@ class BabReport:
     open_domains: int = 0
     max_depth: int = 0
     worst_gap: float = -math.inf
+    inherited_closed: int = 0  # input split: children closed by the parent's linear bound alone
     mode: str = ""
     message: str = ""
     seconds: float = 0.0
@@ -137,6 +142,21 @@ def linear_minimiser(a_input: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     return torch.where(a > 0, lower, upper)
 
 
+def box_minimum(a: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """``min over [lower, upper] of a . x`` per row: ``a`` is ``(k, m, n)``, boxes ``(k, n)``; ``(k, m)``."""
+    low, up = lower.unsqueeze(1), upper.unsqueeze(1)
+    return (a.clamp(min=0) * low + a.clamp(max=0) * up).sum(-1)
+
+
+def inherited_lower_bound(a: Tensor, constant: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """A parent's linear lower bound ``a x + c`` (valid on the parent box, so on any sub-box) minimised over
+    the sub-boxes ``[lower, upper]``, in float64 and returned in the boxes' dtype rounded down."""
+    value = constant + box_minimum(a.double(), lower.double(), upper.double())
+    rounded = value.to(lower.dtype)
+    return torch.where(rounded.double() > value, torch.nextafter(rounded, torch.full_like(rounded, -math.inf)),
+                       rounded)
+
+
 def split_box(lower: Tensor, upper: Tensor, dim: Tensor, point: Tensor) -> tuple[Tensor, Tensor]:
     """Two children per domain, ``(2k, n)``: first all left halves (``x_dim <= point``), then all right."""
     rows = torch.arange(lower.shape[0], device=lower.device)
@@ -148,25 +168,62 @@ def split_box(lower: Tensor, upper: Tensor, dim: Tensor, point: Tensor) -> tuple
 
 
 # ---------------------------------------------------------------------------------------- bounding
-def bound_input_boxes(graph: Graph, propagator, lower: Tensor, upper: Tensor, C: Tensor,
-                      alpha_iterations: int = 0, deadline: float | None = None) -> tuple[Tensor, Tensor]:
-    """CROWN (CROWN intermediate boxes) on ``(B, n)`` boxes: row lower bounds ``(B, m)`` and the
-    coefficients ``(B, m, n)`` reaching the input (from the CROWN pass)."""
+INPUT_BOUNDS = ("hybrid", "crown", "forward")
+
+
+def _output_bound(graph: Graph, propagator, bounds: dict, C: Tensor, lower: Tensor,
+                  upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward (CROWN) bound of the rows ``C`` given node boxes: ``(lb, A, c)`` with ``A x + c`` the linear
+    lower bound of each row (``A`` ``(B, m, n)``; ``c`` float64, ``-inf`` where not finite)."""
     batch = lower.shape[0]
-    with torch.no_grad():
-        bounds = propagate_bounds(graph, lower, upper, DefaultRelaxations, propagator, CrownOptions())
-        coeffs = spec_coefficients(C, graph, batch, lower)
-        record = {graph.input_name: None}
-        lb = propagator.lower_bound(graph.output_name, coeffs, bounds, DefaultRelaxations(bounds), record=record)
-        lb = close_infeasible(lb, bounds)
+    coeffs = spec_coefficients(C, graph, batch, lower)
+    record = {graph.input_name: None}
+    lb = propagator.lower_bound(graph.output_name, coeffs, bounds, DefaultRelaxations(bounds), record=record)
+    lb = close_infeasible(lb, bounds)
     a = record[graph.input_name]
     a = coeffs.new_zeros((batch, C.shape[-2], lower.shape[1])) if a is None else a.reshape(batch, C.shape[-2], -1)
+    constant = lb.double() - box_minimum(a.double(), lower.double(), upper.double())
+    constant = torch.where(torch.isfinite(constant), constant, torch.full_like(constant, -math.inf))
+    return lb, a, constant
+
+
+def bound_input_boxes(graph: Graph, propagator, lower: Tensor, upper: Tensor, C: Tensor,
+                      alpha_iterations: int = 0, deadline: float | None = None, d: Tensor | None = None,
+                      intermediate: str = "hybrid") -> tuple[Tensor, Tensor, Tensor]:
+    """Bounds of the rows ``C`` on ``(B, n)`` boxes: row lower bounds ``(B, m)``, and a linear lower bound
+    ``A x + c`` of every row: ``A`` ``(B, m, n)`` and ``c`` ``(B, m)`` (float64; ``-inf`` where not
+    finite), valid on the whole box.
+
+    ``intermediate``: how node boxes are obtained before the backward pass of the rows --
+    ``"crown"`` (a backward pass per unstable neuron), ``"forward"`` (forward affine bounds,
+    :mod:`nlverify.bounds.forward`, ~10x cheaper, looser on wide boxes), or ``"hybrid"``: forward first,
+    then CROWN only on the boxes that ``d`` shows are not yet closed (all of them when ``d`` is None),
+    keeping per row the better of the two linear bounds."""
+    if intermediate not in INPUT_BOUNDS:
+        raise ValueError(f"unknown input-split bound method '{intermediate}', expected one of {INPUT_BOUNDS}")
+    with torch.no_grad():
+        if intermediate == "crown":
+            bounds = propagate_bounds(graph, lower, upper, DefaultRelaxations, propagator, CrownOptions())
+            lb, a, constant = _output_bound(graph, propagator, bounds, C, lower, upper)
+        else:
+            bounds = forward_bounds(graph, lower, upper, propagator)
+            lb, a, constant = _output_bound(graph, propagator, bounds, C, lower, upper)
+            if intermediate == "hybrid":
+                todo = ~closed_domains(lb, d) if d is not None else torch.ones_like(lb[:, 0], dtype=torch.bool)
+                if todo.any():
+                    low_t, up_t = lower[todo], upper[todo]
+                    bounds = propagate_bounds(graph, low_t, up_t, DefaultRelaxations, propagator, CrownOptions())
+                    lb_c, a_c, c_c = _output_bound(graph, propagator, bounds, C[todo], low_t, up_t)
+                    better = torch.nan_to_num(lb_c, nan=-math.inf) > torch.nan_to_num(lb[todo], nan=-math.inf)
+                    lb[todo] = torch.where(better, lb_c, lb[todo])
+                    a[todo] = torch.where(better.unsqueeze(-1), a_c, a[todo])
+                    constant[todo] = torch.where(better, c_c, constant[todo])
     if alpha_iterations > 0:
         optimised, _, _, _ = alpha_crown(graph, lower, upper, C, AlphaOptions(iterations=alpha_iterations,
                                          optimize_intermediate=False, deadline=deadline), propagator=propagator,
                                          need_upper=False)
         lb = torch.maximum(lb, optimised)
-    return lb, a
+    return lb, a, constant
 
 
 def bound_activation_domains(graph: Graph, propagator, boxes: dict[str, tuple[Tensor, Tensor]], C: Tensor,
@@ -279,10 +336,11 @@ class _Search:
         self.report.mode = "input"
         o = self.options
         low, up = self.problem.lower.unsqueeze(0), self.problem.upper.unsqueeze(0)
-        lb, a = bound_input_boxes(self.graph, self.propagator, low, up, self.batched_C(1), o.input_alpha_iterations,
-                                  self.deadline)
-        lb = torch.maximum(lb, self.problem.best_lower.unsqueeze(0))
-        self.push_open(self._input_fields(low, up, lb, a), lb, torch.zeros(1, dtype=torch.long, device=low.device))
+        lb, a, constant = bound_input_boxes(self.graph, self.propagator, low, up, self.batched_C(1),
+                                            o.input_alpha_iterations, self.deadline, self.d, o.input_bounds)
+        known = self.problem.best_lower.unsqueeze(0)
+        self.push_open(self._input_fields(low, up, lb, a, constant, known), torch.maximum(lb, known),
+                       torch.zeros(1, dtype=torch.long, device=low.device))
         while len(self.store):
             if self.expired():
                 return self.finish("timeout")
@@ -298,27 +356,61 @@ class _Search:
             if found is not None:
                 return self.finish("counterexample", found)
             scores = input_split_scores(f["a"], low, up)
+            if self._strong_branching():
+                scores = torch.where(torch.isinf(scores), scores, self.strong_input_scores(low, up))
             best, dim = scores.max(1)
             if torch.isinf(best).any():
                 return self.finish("stuck", message="an open input box is too thin to split")
             point = (low.gather(1, dim.unsqueeze(1)) + up.gather(1, dim.unsqueeze(1))).squeeze(1) / 2
             child_low, child_up = split_box(low, up, dim, point)
             parent_lb = f["lb"].repeat(2, 1)
-            lb, a = bound_input_boxes(self.graph, self.propagator, child_low, child_up,
-                                      self.batched_C(child_low.shape[0]), o.input_alpha_iterations, self.deadline)
-            lb = torch.maximum(lb, parent_lb)
+            # the parent's linear bound still holds on each child: often it already closes one of them
+            inherited = inherited_lower_bound(f["A"].repeat(2, 1, 1), f["c"].repeat(2, 1), child_low, child_up)
+            parent_lb = torch.maximum(parent_lb, inherited)
             depth = (batch.depth + 1).repeat(2)
             self.report.max_depth = max(self.report.max_depth, int(depth.max()))
+            open_children = ~closed_domains(parent_lb, self.d)
+            self.report.domains += int((~open_children).sum())
+            self.report.inherited_closed += int((~open_children).sum())
+            if not open_children.any():
+                continue
+            child_low, child_up = child_low[open_children], child_up[open_children]
+            parent_lb, depth = parent_lb[open_children], depth[open_children]
+            lb, a, constant = bound_input_boxes(self.graph, self.propagator, child_low, child_up,
+                                                self.batched_C(child_low.shape[0]), o.input_alpha_iterations,
+                                                self.deadline, self.d, o.input_bounds)
             try:
-                self.push_open(self._input_fields(child_low, child_up, lb, a), lb, depth)
+                self.push_open(self._input_fields(child_low, child_up, lb, a, constant, parent_lb), torch.maximum(lb, parent_lb),
+                               depth)
             except DomainStoreFull as error:
                 return self.finish("memory", message=str(error))
         return self.finish("proved")
 
-    def _input_fields(self, low: Tensor, up: Tensor, lb: Tensor, a: Tensor) -> dict[str, Tensor]:
-        rows = best_rows(lb, self.d)
+    def _strong_branching(self) -> bool:
+        rule = self.options.input_branching
+        return rule == "strong" or (rule == "auto" and self.graph.num_inputs <= STRONG_BRANCHING_MAX_INPUTS)
+
+    def strong_input_scores(self, low: Tensor, up: Tensor) -> Tensor:
+        """``(k, n)``: per domain and input dimension, the gap of the worse child when that dimension is
+        halved, from cheap forward bounds of all ``2 n`` children at once (higher is better)."""
+        k, n = low.shape
+        dims = torch.arange(n, device=low.device).repeat_interleave(k)  # dim-major: (n k,)
+        point = ((low + up) / 2).repeat(n, 1).gather(1, dims.unsqueeze(1)).squeeze(1)
+        child_low, child_up = split_box(low.repeat(n, 1), up.repeat(n, 1), dims, point)  # (2 n k, n)
+        lb, _, _ = bound_input_boxes(self.graph, self.propagator, child_low, child_up,
+                                     self.batched_C(child_low.shape[0]), intermediate="forward")
+        gap = domain_gap(lb, self.d).reshape(2, n, k)
+        return gap.min(0).values.transpose(0, 1)
+
+    def _input_fields(self, low: Tensor, up: Tensor, lb: Tensor, a: Tensor, constant: Tensor,
+                      known_lb: Tensor) -> dict[str, Tensor]:
+        """Stored per input-split domain: the box, its best lower bound (``lb``, at least ``known_lb``), its
+        own linear lower bound ``A x + c`` per row (``A``, ``c``, from :func:`bound_input_boxes`), and
+        ``a``, the best row's coefficients (for choosing the split)."""
+        best = torch.maximum(lb, known_lb)
+        rows = best_rows(best, self.d)
         a_best = a[torch.arange(a.shape[0], device=a.device), rows]
-        return {"low": low, "up": up, "lb": lb, "a": a_best}
+        return {"low": low, "up": up, "lb": best, "a": a_best, "A": a, "c": constant}
 
     # -------------------------------------------------------------- activation split
     def root_boxes(self) -> dict[str, tuple[Tensor, Tensor]]:

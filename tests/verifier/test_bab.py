@@ -119,3 +119,39 @@ def test_pipeline_hook_returns_one_outcome_per_problem(tmp_path):
     assert len(outcomes) == 2 and all(o.proved for o in outcomes)
     outcomes = branch_and_bound(model, [_problem(top + 0.05), _problem(top - 0.05)], time_left=20)
     assert any(o.counterexample is not None for o in outcomes) and not all(o.proved for o in outcomes)
+
+
+@pytest.mark.parametrize("bounds,branching", [("crown", "smear"), ("forward", "strong"), ("hybrid", "strong"),
+                                              ("hybrid", "smear")])
+@pytest.mark.parametrize("activation", ["relu", "sin"])
+def test_input_split_configurations_agree(tmp_path, activation, bounds, branching):
+    """Every input-split configuration proves just above the true maximum and falsifies just below."""
+    model = _model(tmp_path, activation, seed=2)
+    top = _grid_max(model)
+    margin = 0.02 * max(1.0, abs(top))
+    options = BabOptions(mode="input", input_bounds=bounds, input_branching=branching)
+    proved = bab_problem(model, _problem(top + margin), time.monotonic() + 20, options)
+    assert proved.status == "proved", proved
+    found = bab_problem(model, _problem(top - margin), time.monotonic() + 20, options)
+    assert found.status == "counterexample"
+
+
+def test_inherited_linear_bound_holds_on_sub_boxes_and_rounds_down():
+    from nlverify.verifier.bab import box_minimum, inherited_lower_bound
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 1, 3, generator=g)
+    low = -torch.rand(50, 3, generator=g)
+    up = torch.rand(50, 3, generator=g)
+    constant = torch.randn(50, 1, generator=g, dtype=torch.float64)
+    bound = inherited_lower_bound(a, constant, low, up)
+    assert bound.dtype == torch.float32
+    exact = constant + box_minimum(a.double(), low.double(), up.double())
+    assert (bound.double() <= exact).all()
+    t = torch.rand(400, 50, 3, generator=g)
+    x = (low + t * (up - low)).double()
+    values = (a.double()[:, 0] * x).sum(-1) + constant[:, 0]
+    assert (values >= bound[:, 0].double()).all()
+    with pytest.raises(ValueError, match="input-split bound method"):
+        from nlverify.verifier.bab import bound_input_boxes
+        bound_input_boxes(None, None, low, up, a, intermediate="magic")
