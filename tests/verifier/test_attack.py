@@ -9,7 +9,7 @@ import torch
 
 from nlverify.model import load_onnx
 from nlverify.verifier.attack import (
-    AttackOptions, attack, face_biased_uniform, pgd, round_options, sample_boxes, step_size, violation_margin,
+    AttackOptions, attack, diversify, face_biased_uniform, pgd, round_options, sample_boxes, step_size, violation_margin,
     violation_tensors,
 )
 from nlverify.verifier.result import validate_counterexample
@@ -205,5 +205,49 @@ def test_acas_property_7_counterexample_is_found_by_the_first_attack(benchmarks)
 
     onnx_path = benchmarks / "acasxu" / "onnx" / "ACASXU_run2a_1_9_batch_2000.onnx"
     spec = parse_vnnlib(benchmarks / "acasxu" / "vnnlib" / "prop_7.vnnlib")
+    found = attack(load_onnx(onnx_path), spec, PipelineOptions().attack)
+    assert found and validate_counterexample(onnx_path, spec, found[0].x)[0]
+
+
+@pytest.fixture(scope="module")
+def basin_net(tmp_path_factory):
+    """``y = |x0 - 0.3| - 20 relu(x0 - 0.95)`` on ``[0, 1]^2``: from any ``x0 < 0.95`` the gradient leads into
+    the basin at 0.3 (``y = 0``); the violation ``y <= -0.1`` lies at the far end (``x0 > 0.97``)."""
+    path = tmp_path_factory.mktemp("attack") / "basin.onnx"
+    return _mlp(path, [np.array([[1.0, 0], [-1.0, 0], [1.0, 0]]), np.array([[1.0, 1.0, -20.0]])],
+                [np.array([-0.3, 0.3, -0.95]), np.zeros(1)])
+
+
+BASIN_SPEC = _box(2) + "(declare-const Y_0 Real)(assert (<= Y_0 -0.1))"
+
+
+def test_output_diversified_starts_escape_the_basin_the_margin_gradient_leads_into(basin_net):
+    path, model = basin_net
+    spec = parse_vnnlib_string(BASIN_SPEC)
+    tensors = violation_tensors(spec)
+    options = AttackOptions(steps=40, samples_per_region=0)
+    starts = torch.stack([torch.linspace(0.35, 0.9, 8), torch.full((8,), 0.5)], dim=1)
+    region = torch.zeros(8, dtype=torch.long)
+    _, plain = pgd(model, tensors, starts, region, options)
+    assert float(plain.min()) > 0  # every restart ends in the basin
+    lower, upper = tensors.lower[region], tensors.upper[region]
+    spread = diversify(model, starts, lower, upper, options, torch.Generator().manual_seed(0))
+    assert bool(((spread >= lower) & (spread <= upper)).all())
+    again = diversify(model, starts, lower, upper, options, torch.Generator().manual_seed(0))
+    assert torch.equal(spread, again)  # seeded
+    best_x, diverse = pgd(model, tensors, spread, region, options)
+    assert float(diverse.min()) <= 0
+    assert validate_counterexample(path, spec, best_x[int(torch.argmin(diverse))].double().numpy())[0]
+    found = attack(model, spec, AttackOptions(restarts=8, steps=40, samples_per_region=0))
+    assert found and validate_counterexample(path, spec, found[0].x)[0]
+
+
+def test_mnist_fc_prop_2_counterexample_is_found_by_the_first_attack(benchmarks):
+    """mnist_fc prop_2 (VNN-COMP: sat): plain PGD stalls at margin 0.94 from every start; the
+    output-diversified starts of the pipeline's first attack reach a violation."""
+    from nlverify.verifier.pipeline import PipelineOptions
+
+    onnx_path = benchmarks / "mnist_fc" / "onnx" / "mnist-net_256x2.onnx"
+    spec = parse_vnnlib(benchmarks / "mnist_fc" / "vnnlib" / "prop_2_0.03.vnnlib")
     found = attack(load_onnx(onnx_path), spec, PipelineOptions().attack)
     assert found and validate_counterexample(onnx_path, spec, found[0].x)[0]
