@@ -26,11 +26,12 @@ wall time of verified instances, and the median over instances verified by *ever
 fair comparison), ``results/ablation/{runs.csv, summary.csv, ablation.md}``.
 
 Run (full, ~25 min on one free core):  ``.venv/bin/python benchmarks/ablation.py``
-Quick check (3 eran + 3 generated instances, 20 s each):  ``.venv/bin/python benchmarks/ablation.py --quick``
+Quick check (2 eran + 3 generated instances):  ``.venv/bin/python benchmarks/ablation.py --quick``
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -61,6 +62,9 @@ DEFAULT = "bbps+table"
 # core but over 10 s under a load of 8 on 2 cores; the bench runner's 10 s grace then kills runs that
 # already printed their verdict. The verifier enforces its own budget; this is only the safety net.
 GRACE_S = max(runner.GRACE_S, 20.0)
+LIVE: set[int] = set()  # process groups of the verifiers running now (killed if the ablation is interrupted)
+# --quick: two eran instances that the 60 s bench (results/bench_eran.log) left unknown, i.e. that need BaB
+QUICK_ERAN = ["idx_1655_", "idx_1211_"]
 STATUSES = ("verified", "falsified", "unknown", "timeout", "error", "WRONG")
 
 
@@ -105,6 +109,12 @@ def stage_timings(stdout: str) -> dict[str, float] | None:
     return None
 
 
+def _bab_seconds(timings: dict[str, float]) -> float:
+    """Seconds in the BaB stage: 0 only when it was not reached (a reached one counts >= 1 ms even if
+    the printed value rounds to 0.00)."""
+    return max(round(timings["bab"], 3), 0.001) if "bab" in timings else 0.0
+
+
 def wait_with_usage(process: subprocess.Popen, limit: float) -> tuple[int | None, float]:
     """Wait up to ``limit`` s for ``process`` (``wait4``: its own rusage); past it kill its process group.
     Returns ``(exit code or None when killed, user + system CPU seconds or -1)``."""
@@ -120,6 +130,12 @@ def wait_with_usage(process: subprocess.Popen, limit: float) -> tuple[int | None
     return None, -1.0
 
 
+def kill_live() -> None:
+    for group in list(LIVE):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+
+
 def run_one(instance: runner.Instance, config: str, timeout: float, expected: str = "") -> Run:
     """One instance under one configuration, in its own process with the runner's hard limit."""
     with tempfile.TemporaryDirectory(prefix="nlverify-ablation-") as scratch:
@@ -130,7 +146,11 @@ def run_one(instance: runner.Instance, config: str, timeout: float, expected: st
         start = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             process = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True, cwd=REPO)
-            code, cpu = wait_with_usage(process, timeout + GRACE_S)
+            LIVE.add(process.pid)
+            try:
+                code, cpu = wait_with_usage(process, timeout + GRACE_S)
+            finally:
+                LIVE.discard(process.pid)
             if code is None:
                 verdict, note = "timeout", "killed at the hard limit"
             else:
@@ -147,7 +167,7 @@ def run_one(instance: runner.Instance, config: str, timeout: float, expected: st
     return Run(instance.benchmark, instance.onnx, instance.vnnlib, config, verdict, status, round(elapsed, 3),
                round(cpu, 3),
                round(sum(timings.values()), 3) if timings else -1.0,
-               -1.0 if timings is None else round(timings.get("bab", 0.0), 3), expected, note)
+               -1.0 if timings is None else _bab_seconds(timings), expected, note)
 
 
 def flag_disagreements(runs: list[Run]) -> None:
@@ -263,7 +283,7 @@ class ReachCache:
 
 # ---------------------------------------------------------------------------------------------- driver
 def ablate(instances: list[runner.Instance], configs: list[str], timeout: float, jobs: int, cache: ReachCache,
-           truth: dict, limit: int | None, log: RunLog, progress=print) -> tuple[list[Run], dict[str, int]]:
+           truth: dict, log: RunLog, progress=print) -> tuple[list[Run], dict[str, int]]:
     """Pre-filter (default configuration, cached), then every configuration on what reached BaB.
     Returns the runs and the pre-filter's count per :attr:`Run.stage`."""
     runs: list[Run] = []
@@ -277,9 +297,7 @@ def ablate(instances: list[runner.Instance], configs: list[str], timeout: float,
         progress(f"  {run.config:<15}{Path(run.vnnlib).name:<42}{run.result:<8}{run.time_s:7.1f}s cpu {run.cpu_s:5.1f}s"
                  f"  bab {run.bab_s:6.1f}s{'  <<< WRONG' if run.status == 'WRONG' else ''}")
 
-    for instance in instances:  # pre-filter, sequential (so that --quick can stop early)
-        if limit is not None and len(kept) >= limit:
-            break
+    for instance in instances:  # pre-filter
         stage = cache.get(instance)
         if stage is None:
             first = run_one(instance, DEFAULT, timeout, expected(instance))
@@ -295,17 +313,26 @@ def ablate(instances: list[runner.Instance], configs: list[str], timeout: float,
     done = {(r.key, r.config) for r in runs}
     tasks = [(i, c) for i in kept for c in configs
              if ((i.benchmark, i.onnx, i.vnnlib), c) not in done]
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for run in pool.map(lambda task: run_one(task[0], task[1], timeout, expected(task[0])), tasks):
+    one = lambda task: run_one(task[0], task[1], timeout, expected(task[0]))  # noqa: E731
+    if jobs <= 1:
+        for task in tasks:
+            record(one(task))
+        return runs, stages
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        for run in pool.map(one, tasks):
             record(run)
+    finally:  # on an interrupt: no new runs, and the running verifiers killed
+        pool.shutdown(wait=False, cancel_futures=True)
+        kill_live()
     return runs, stages
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per run (default 30; 20 with --quick)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per run (default 30)")
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="3 eran instances reaching BaB, 1 generated per activation")
+    parser.add_argument("--quick", action="store_true", help="2 eran instances (QUICK_ERAN), 1 generated per activation")
     parser.add_argument("--all-configs", action="store_true", help="also width+midpoint")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="exactly these configurations")
     parser.add_argument("--benchmarks", nargs="+", choices=["eran_sigmoid", "generated"],
@@ -320,9 +347,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind through the cleanup below
+    try:
+        return _main(args)
+    finally:
+        kill_live()
+
+
+def _main(args) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
-    timeout = args.timeout or (20.0 if args.quick else 30.0)
+    timeout = args.timeout or 30.0
+    if args.quick and not args.eran_specs:
+        args.eran_specs = QUICK_ERAN
     configs = args.configs or [c for c in CONFIGS if args.all_configs or c != "width+midpoint"]
     args.out.mkdir(parents=True, exist_ok=True)
     cache = ReachCache(args.out / "reach.json", timeout)
@@ -341,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             instances, truth = generated_instances(args.out, args.quick, args.regenerate), {}
         print(f"== {name}: {len(instances)} instances, configs {', '.join(configs)}, timeout {timeout:g}s", flush=True)
-        done, stages = ablate(instances, configs, timeout, args.jobs, cache, truth, 3 if args.quick else None, log,
+        done, stages = ablate(instances, configs, timeout, args.jobs, cache, truth, log,
                               progress=lambda line: print(line, flush=True))
         runs += done
         prefilter[name] = ", ".join(f"{count} {stage}" for stage, count in sorted(stages.items()))

@@ -10,7 +10,8 @@ splits activations, not inputs (``BabOptions.input_split_max_inputs``).
 Radius of a property around a correctly classified held-out point ``x0`` with label ``c``: on a
 geometric grid of radii, ``eps_bound`` is the largest radius at which alpha-CROWN proves
 ``y_c - y_j > 0`` for every ``j != c`` on ``[x0 - eps, x0 + eps] ∩ [0, 1]^D``, and ``eps_attack`` the
-smallest at which PGD finds ``max_j (y_j - y_c) >= 0``. The property gets
+smallest at which PGD finds ``max_j (y_j - y_c) >= 0`` (both refined on a finer grid between the
+two, with a stronger attack; :func:`bracket`). The property gets
 
     eps = eps_bound * (eps_attack / eps_bound) ** position        (geometric interpolation)
 
@@ -46,6 +47,7 @@ class GeneratedSpec:
     points: int = 4  # properties per activation
     position: float = 0.35  # where between eps_bound and eps_attack the radius lies (log scale)
     timeout: float = 30.0  # the instances.csv timeout column (the ablation caps it anyway)
+    version: int = 2  # of the generation procedure: bump it when the code changes what is generated
 
 
 class Sine(nn.Module):
@@ -167,6 +169,19 @@ def eps_attack(net: nn.Module, x0: torch.Tensor, label: int, grid: torch.Tensor,
     return float(grid[hits.nonzero()[0]]) if bool(hits.any()) else float("inf")
 
 
+def bracket(net: nn.Module, model, x0: torch.Tensor, label: int, classes: int) -> tuple[float, float]:
+    """``(eps_bound, eps_attack)``: located on the coarse :func:`radius_grid`, then refined on 7 radii
+    (geometric) strictly between the two, with a stronger attack there."""
+    coarse = radius_grid()
+    high = eps_attack(net, x0, label, coarse)
+    low = eps_bound(model, x0, label, classes, coarse, below=high)
+    if not 0 < low < high < float("inf"):
+        return low, high
+    fine = torch.logspace(torch.log10(torch.tensor(low)), torch.log10(torch.tensor(high)), 9)[1:-1]
+    high = min(high, eps_attack(net, x0, label, fine, restarts=128, steps=150))
+    return max(low, eps_bound(model, x0, label, classes, fine, below=high)), high
+
+
 def write_vnnlib(path: Path, x0: torch.Tensor, eps: float, label: int, classes: int) -> None:
     """VNN-LIB robustness property in the VNN-COMP MNIST style: the box, then the violation
     ``OR_j (y_j >= y_label)``."""
@@ -196,7 +211,6 @@ def generate(out: Path, spec: GeneratedSpec, force: bool = False, progress=print
         return out
     (out / "specs").mkdir(parents=True, exist_ok=True)
     rows, calibration = [], []
-    grid = radius_grid()
     for activation in ACTIVATIONS:
         net, points, labels = train_mlp(activation, spec)
         export(net, spec.inputs, out / f"{activation}.onnx")
@@ -205,8 +219,7 @@ def generate(out: Path, spec: GeneratedSpec, force: bool = False, progress=print
         for x0, label in zip(points, labels.tolist()):
             if kept == spec.points:
                 break
-            high = eps_attack(net, x0, label, grid)
-            low = eps_bound(model, x0, label, spec.classes, grid, below=high)
+            low, high = bracket(net, model, x0, label, spec.classes)
             if not 0 < low < high < float("inf"):
                 continue  # nothing between what the bounds prove and what the attack finds
             eps = low * (high / low) ** spec.position

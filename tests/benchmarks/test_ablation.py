@@ -128,3 +128,12 @@ def test_sat_against_unsat_across_configs_is_wrong():
             _run(ablation, "b", "bbps+table", "unsat", 2.0), _run(ablation, "b", "width+table", "timeout", 3.0)]
     ablation.flag_disagreements(runs)
     assert [r.status for r in runs] == ["WRONG", "WRONG", "verified", "timeout"]
+
+
+def test_prefilter_stage_only_bab_when_the_bab_stage_ran():
+    ablation = _ablation_module()
+    stage = lambda result, bab_s: _run(ablation, "a", "bbps+table", result, 5.0, bab_s).stage  # noqa: E731
+    assert stage("unsat", 0.0) == "bounds" and stage("sat", 0.0) == "attack"
+    assert stage("timeout", 2.0) == "bab" and stage("unsat", 0.001) == "bab"
+    assert stage("timeout", 0.0) == "inconclusive" and stage("timeout", -1.0) == "inconclusive"
+    assert ablation._bab_seconds({"crown": 1.0, "bab": 0.0}) > 0 and ablation._bab_seconds({"crown": 1.0}) == 0
