@@ -10,9 +10,14 @@ LipSDP never sees an activation function, only a *class* of functions it belongs
   theorem; for piecewise-smooth ``phi`` the one-sided derivatives). So a slope range is the
   range of the derivative, and it must be an *enclosure*: a wider interval is sound, a
   narrower one is not.
-* ``groupsort`` activations sort consecutive groups of ``group_size`` neurons in descending
-  order; MaxMin is ``group_size == 2`` (pairs ``(2p, 2p+1) -> (max, min)``). They are not
-  elementwise, see :mod:`nlverify.sdp.maxmin`.
+* ``groupsort`` activations sort groups of ``group_size`` neurons in descending order; MaxMin is
+  ``group_size == 2``. ``grouping`` says which neurons form a group (:func:`group_indices`):
+  ``"consecutive"`` (``(2p, 2p+1) -> (max, min)``, the default) or ``"halves"`` (group p is
+  ``p, p + n/g, ..., p + (g-1) n/g``; for MaxMin, max of the two halves in the first half). They
+  are not elementwise, see :mod:`nlverify.sdp.maxmin`.
+* ``householder`` activations (Singla et al.): per group of ``group_size`` entries with a unit
+  vector ``v``, ``z -> z`` if ``v^T z > 0`` else ``(I - 2 v v^T) z``; ``reflection`` holds one v per
+  group (or one shared v), see :mod:`nlverify.sdp.householder`.
 
 Derivative ranges of smooth activations whose extrema are not available in closed form
 (GELU, SiLU) are computed by :func:`sound_derivative_range`: dense evaluation on a grid of
@@ -55,14 +60,21 @@ class ActivationSpec:
     alpha: float = 0.0
     beta: float = 1.0
     group_size: int = 2
+    grouping: str = "consecutive"
+    reflection: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in ("slope", "groupsort"):
+        if self.kind not in ("slope", "groupsort", "householder"):
             raise ValueError(f"unknown activation kind {self.kind!r}")
         if self.kind == "slope" and not self.alpha <= self.beta:
             raise ValueError(f"slope range [{self.alpha}, {self.beta}] is empty")
-        if self.kind == "groupsort" and self.group_size < 2:
+        if self.kind != "slope" and self.group_size < 2:
             raise ValueError("group_size must be >= 2")
+        if self.grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {GROUPINGS}, got {self.grouping!r}")
+        if self.kind == "householder" and (not self.reflection
+                                           or any(len(v) != self.group_size for v in self.reflection)):
+            raise ValueError("householder needs reflection vectors of length group_size")
 
     @property
     def is_maxmin(self) -> bool:
@@ -70,29 +82,46 @@ class ActivationSpec:
 
     @property
     def max_abs_slope(self) -> float:
-        """Lipschitz constant of the activation itself (1 for sorting)."""
+        """Lipschitz constant of the activation itself (1 for sorting and Householder)."""
         return max(abs(self.alpha), abs(self.beta)) if self.kind == "slope" else 1.0
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "name": self.name, "alpha": self.alpha, "beta": self.beta,
-                "group_size": self.group_size}
+                "group_size": self.group_size, "grouping": self.grouping,
+                "reflection": [list(v) for v in self.reflection]}
 
     @staticmethod
     def from_dict(d: dict) -> "ActivationSpec":
         return ActivationSpec(d["kind"], d["name"], float(d["alpha"]), float(d["beta"]),
-                              int(d["group_size"]))
+                              int(d["group_size"]), d.get("grouping", "consecutive"),
+                              tuple(tuple(float(x) for x in v) for v in d.get("reflection", ())))
+
+
+GROUPINGS = ("consecutive", "halves")
+
+
+def group_indices(size: int, group_size: int, grouping: str = "consecutive") -> np.ndarray:
+    """``(size / g, g)`` integer array: row p lists the neurons of group p in sorting order."""
+    if size % group_size:
+        raise ValueError(f"{size} neurons are not a multiple of group size {group_size}")
+    idx = np.arange(size)
+    if grouping == "consecutive":
+        return idx.reshape(size // group_size, group_size)
+    if grouping == "halves":
+        return idx.reshape(group_size, size // group_size).T.copy()
+    raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
 
 
 def slope(name: str, alpha: float, beta: float) -> ActivationSpec:
     return ActivationSpec("slope", name, float(alpha), float(beta))
 
 
-def maxmin() -> ActivationSpec:
-    return ActivationSpec("groupsort", "maxmin", group_size=2)
+def maxmin(grouping: str = "consecutive") -> ActivationSpec:
+    return ActivationSpec("groupsort", "maxmin", group_size=2, grouping=grouping)
 
 
-def groupsort(group_size: int) -> ActivationSpec:
-    return ActivationSpec("groupsort", f"groupsort{group_size}", group_size=group_size)
+def groupsort(group_size: int, grouping: str = "consecutive") -> ActivationSpec:
+    return ActivationSpec("groupsort", f"groupsort{group_size}", group_size=group_size, grouping=grouping)
 
 
 RELU = slope("relu", 0.0, 1.0)
@@ -183,26 +212,31 @@ def silu() -> ActivationSpec:
 # --------------------------------------------------------------------------- torch modules
 
 
-class MaxMin(nn.Module):
-    """MaxMin over consecutive pairs: ``(x_{2p}, x_{2p+1}) -> (max, min)`` along the last axis."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pairs = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
-        a, b = pairs[..., 0], pairs[..., 1]
-        return torch.stack((torch.maximum(a, b), torch.minimum(a, b)), dim=-1).reshape(x.shape)
-
-
 class GroupSort(nn.Module):
-    """Sort consecutive groups of ``group_size`` entries of the last axis in descending order."""
+    """Sort groups of ``group_size`` entries of the last axis in descending order; ``grouping``
+    ``"consecutive"`` (entries ``gp .. gp+g-1``) or ``"halves"`` (entries ``p + k n/g``)."""
 
-    def __init__(self, group_size: int = 2) -> None:
+    def __init__(self, group_size: int = 2, grouping: str = "consecutive") -> None:
         super().__init__()
-        self.group_size = group_size
+        if grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
+        self.group_size, self.grouping = group_size, grouping
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.group_size
-        groups = x.reshape(*x.shape[:-1], x.shape[-1] // g, g)
-        return torch.sort(groups, dim=-1, descending=True).values.reshape(x.shape)
+        g, n = self.group_size, x.shape[-1]
+        if self.grouping == "consecutive":
+            groups = x.reshape(*x.shape[:-1], n // g, g)
+            return torch.sort(groups, dim=-1, descending=True).values.reshape(x.shape)
+        groups = x.reshape(*x.shape[:-1], g, n // g)
+        return torch.sort(groups, dim=-2, descending=True).values.reshape(x.shape)
+
+
+class MaxMin(GroupSort):
+    """MaxMin: GroupSort with group size 2 (consecutive pairs ``(x_{2p}, x_{2p+1}) -> (max, min)``
+    by default)."""
+
+    def __init__(self, grouping: str = "consecutive") -> None:
+        super().__init__(2, grouping)
 
 
 class Sin(nn.Module):
@@ -232,10 +266,11 @@ def spec_for_module(module: nn.Module) -> ActivationSpec | None:
         return silu()
     if isinstance(module, Sin):
         return SIN
-    if isinstance(module, MaxMin):
-        return maxmin()
-    if isinstance(module, GroupSort):
-        return maxmin() if module.group_size == 2 else groupsort(module.group_size)
+    if isinstance(module, GroupSort):  # MaxMin included
+        g, grouping = module.group_size, module.grouping
+        return maxmin(grouping) if g == 2 else groupsort(g, grouping)
+    if hasattr(module, "activation_spec"):  # e.g. nlverify.sdp.householder.Householder
+        return module.activation_spec()
     return None
 
 
@@ -243,12 +278,15 @@ def module_for_spec(spec: ActivationSpec) -> nn.Module:
     """A torch module realising ``spec`` (used to rebuild networks read from weight files)."""
     table: dict[str, Callable[[], nn.Module]] = {
         "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
-        "silu": nn.SiLU, "sin": Sin, "softplus": nn.Softplus, "maxmin": MaxMin,
+        "silu": nn.SiLU, "sin": Sin, "softplus": nn.Softplus,
     }
     if spec.name in table:
         return table[spec.name]()
     if spec.name == "leaky_relu":
         return nn.LeakyReLU(spec.alpha if spec.beta == 1.0 else spec.beta)
     if spec.kind == "groupsort":
-        return GroupSort(spec.group_size)
+        return MaxMin(spec.grouping) if spec.group_size == 2 else GroupSort(spec.group_size, spec.grouping)
+    if spec.kind == "householder":
+        from .householder import Householder
+        return Householder.from_spec(spec)
     raise ValueError(f"no torch module for activation {spec.name!r}")

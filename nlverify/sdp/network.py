@@ -93,7 +93,7 @@ def validate(net: LipNetwork) -> None:
                              f"has {net.weights[k - 1].shape[0]} rows")
     for k, spec in enumerate(net.activations):
         n = net.weights[k].shape[0]
-        if spec.kind == "groupsort" and n % spec.group_size:
+        if spec.kind != "slope" and n % spec.group_size:
             raise ValueError(f"layer {k}: {n} neurons are not a multiple of group size "
                              f"{spec.group_size}")
 
@@ -214,7 +214,7 @@ def from_torch(model: nn.Module, input_shape: Sequence[int] | None = None) -> Li
         biases.append(b)
         run = []
         if m is not None:
-            if spec.kind == "groupsort" and cur_shape[-1] % spec.group_size:
+            if spec.kind != "slope" and cur_shape[-1] % spec.group_size:
                 raise ValueError(f"{type(m).__name__}: last axis {cur_shape[-1]} is not a multiple "
                                  f"of the group size {spec.group_size}")
             specs.append(spec)

@@ -39,3 +39,28 @@ def test_torch_groupsort_model():
     assert cert.lower_bound <= cert.bound <= cert.product_bound * (1 + 1e-9)
     with pytest.raises(ValueError, match="group size 2"):
         lipschitz_bound(model, method="maxmin-elim")
+
+
+def test_halves_grouping_is_a_permutation_of_consecutive():
+    """MaxMin on halves == consecutive MaxMin conjugated by the interleaving permutation, so the
+    certified bounds agree; the torch modules agree with that identity too."""
+    rng = np.random.default_rng(5)
+    w = _random_maxmin(5, dims=(4, 6, 6, 2))
+    n = 6
+    perm = np.arange(n).reshape(2, n // 2).T.reshape(-1)  # consecutive position -> halves index
+    x = torch.from_numpy(rng.normal(size=(10, n)))
+    torch.testing.assert_close(MaxMin("halves")(x)[:, perm], MaxMin()(x[:, perm]))
+    halves = from_weights(w, maxmin("halves"))
+    permuted = from_weights([w[0][perm], w[1][np.ix_(perm, perm)], w[2][:, perm]], maxmin())
+    for method in ("maxmin-qc", "maxmin-elim"):
+        a = lipschitz_bound(halves, method=method, lower_samples=64)
+        b = lipschitz_bound(permuted, method=method, lower_samples=0)
+        assert a.sdp_value == pytest.approx(b.sdp_value, rel=1e-4)
+        assert a.lower_bound <= a.bound <= a.product_bound
+
+
+def test_groupsort_module_halves():
+    x = torch.tensor([[1.0, 5.0, 2.0, 3.0, 0.0, 4.0]])  # g = 3 on halves: groups (x0, x2, x4), (x1, x3, x5)
+    y = GroupSort(3, "halves")(x)
+    assert y.tolist() == [[2.0, 5.0, 1.0, 4.0, 0.0, 3.0]]
+    assert groupsort(3, "halves").grouping == "halves"
