@@ -1,25 +1,19 @@
-"""Backward linear bound propagation (CROWN) over a Graph, batched over boxes and specifications.
+"""CROWN bounds over a Graph, batched over boxes and specifications.
 
-For a start node ``s`` and coefficients ``A`` of shape ``(B, S, *shape_s)`` we compute, per box b and row
-j, a lower bound of ``A[b, j] . x_s`` over the box. Walking the graph backwards, each node turns the
-coefficients on its output into coefficients on its inputs plus a constant:
-
-* linear op ``y = L(x) + o``:  ``A . y = (A L) . x + A . o``  (exact);
-* unary op with relaxation lines ``ls*x + li <= f(x) <= us*x + ui``:
-  ``A . f(x) >= (A+ ls + A- us) . x + A+ . li + A- . ui`` with ``A+ = max(A, 0)``, ``A- = min(A, 0)``;
-* binary op with relaxation planes: the same per input.
-
-At the input box ``[l, u]``: ``A . x >= A+ . l + A- . u``. Upper bounds are lower bounds of ``-A``.
-Relaxations come from a callback, so alpha-CROWN reuses this traversal with its own parameters.
+:func:`propagate_bounds` gives every node a box in topological order: IBP, tightened on the nodes that
+feed nonlinearities by a backward pass of their own (intermediate CROWN); :func:`crown` then bounds the
+specification ``C y`` by one more pass. The backward pass itself (the graph walk, its linear algebra,
+its batching) is :class:`~nlverify.bounds.backward.BackwardPropagator`; relaxations come from a
+callback, so alpha-CROWN reuses both with its own parameters.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
+from nlverify.bounds.backward import BackwardPropagator, BetaTerms, RelaxationFor, SplitConstraints
 from nlverify.bounds.interval import Bounds, node_interval
 from nlverify.bounds.pairs import refine_pairs, worth_pairing
 from nlverify.bounds.relax import (
@@ -28,154 +22,11 @@ from nlverify.bounds.relax import (
 from nlverify.graph import Graph, Node
 from nlverify import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
 
-RelaxationFor = Callable[[Node, str], "LinearRelaxation | PlaneRelaxation"]
-
-
-@dataclass
-class SplitConstraints:
-    """Branch-and-bound decisions of a batch of domains: neuron ``j`` of node ``k`` restricted to
-    ``[lower[k][b, j], upper[k][b, j]]`` in domain ``b`` (``-inf``/``+inf`` where not split).
-
-    They act twice. (1) The node's box is intersected with them, so every relaxation that reads the box
-    is rebuilt on the child interval. (2) At the output, each finite constraint enters the backward pass
-    as a Lagrangian term (beta-CROWN, generalised to a split point p != 0): for ``x_j <= p`` and any
-    ``beta >= 0``, ``g(x) >= g(x) + beta (x_j - p)`` on the domain, so adding ``beta e_j`` to the
-    coefficients of node k and ``-beta p`` to the constant keeps a valid lower bound; for ``x_j >= p``
-    the sign flips. A domain whose boxes become empty is infeasible and closed vacuously.
-    """
-
-    lower: dict[str, Tensor]
-    upper: dict[str, Tensor]
-
-    def nodes(self) -> set[str]:
-        return set(self.lower) | set(self.upper)
-
-    def restrict(self, name: str, low: Tensor, up: Tensor) -> tuple[Tensor, Tensor]:
-        if name in self.lower:
-            low = torch.maximum(low, self.lower[name])
-        if name in self.upper:
-            up = torch.minimum(up, self.upper[name])
-        return low, up
-
-
-BetaTerms = dict[str, tuple[Tensor, Tensor]]  # node -> (beta for x >= lower, beta for x <= upper), each (B,S,*shape)
-
-
-def _dot(coeffs: Tensor, values: Tensor) -> Tensor:
-    """``sum(coeffs * values)`` over the node axes, with ``0 * inf`` read as 0 (no contribution).
-
-    ``values`` shared by all rows (shape ``(B, 1, *shape)``, the common case) go through one batched
-    matrix-vector product, which never materialises the ``(B, S, *shape)`` product."""
-    finite = bool(torch.isfinite(values).all())
-    if finite and values.dim() == coeffs.dim() and values.shape[1] == 1 and coeffs.dim() > 2:
-        batch = coeffs.shape[0]
-        flat_values = values.expand(batch, *values.shape[1:]).reshape(batch, -1, 1)
-        return torch.bmm(coeffs.reshape(batch, coeffs.shape[1], -1), flat_values).squeeze(-1)
-    product = coeffs * values
-    if not finite:
-        product = torch.where(coeffs == 0, torch.zeros_like(product), product)
-    return product.flatten(2).sum(-1)
-
-
-def _positive_negative(coeffs: Tensor) -> tuple[Tensor, Tensor]:
-    return coeffs.clamp(min=0), coeffs.clamp(max=0)
-
-
-class BackwardPropagator:
-    """The graph walk of CROWN, independent of how relaxations are chosen."""
-
-    def __init__(self, graph: Graph) -> None:
-        self.graph = graph
-        self._ancestors: dict[str, list[Node]] = {}
-        self._offsets: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
-
-    def ancestors(self, start: str) -> list[Node]:
-        """``start`` and every node it depends on, in reverse topological order."""
-        if start not in self._ancestors:
-            needed = {start}
-            ordered = []
-            for node in reversed(list(self.graph)):
-                if node.name in needed:
-                    ordered.append(node)
-                    needed.update(node.inputs)
-            self._ancestors[start] = ordered
-        return self._ancestors[start]
-
-    def offset(self, node: Node, like: Tensor) -> Tensor:
-        key = (node.name, like.dtype, like.device)
-        if key not in self._offsets:
-            shapes = [self.graph.nodes[i].shape for i in node.inputs]
-            with torch.no_grad():
-                self._offsets[key] = node.op.offset(shapes, like)
-        return self._offsets[key]
-
-    def lower_bound(self, start: str, coeffs: Tensor, bounds: dict[str, Bounds],
-                    relaxation_for: RelaxationFor, splits: SplitConstraints | None = None,
-                    betas: BetaTerms | None = None, record: dict[str, Tensor | None] | None = None) -> Tensor:
-        """Lower bound ``(B, S)`` of ``coeffs . x_start`` with ``coeffs`` of shape ``(B, S, *shape)``;
-        ``betas`` (with ``splits``) adds the split constraints' Lagrangian terms.
-
-        ``record`` (optional): for every node named among its keys, the coefficients ``A`` (``(B, S,
-        *shape)``) that reach that node's output are stored under its name, i.e. the bound is
-        ``A . x_node + (terms of the other nodes)``; a key whose node is not reached is left as is.
-        Recording reads the tensors only and never changes the bound."""
-        if faults.ACTIVE: relaxation_for = faults.skip_intercept(self.graph, relaxation_for)  # TEST-ONLY fault hook
-        pending: dict[str, Tensor] = {start: coeffs}
-        constant = coeffs.new_zeros(coeffs.shape[:2])
-        for node in self.ancestors(start):
-            a = pending.pop(node.name, None)
-            if a is None:
-                continue
-            if record is not None and node.name in record:
-                record[node.name] = a
-            if betas and node.name in betas:
-                a, constant = _add_split_terms(a, constant, betas[node.name], splits, node.name)
-            if node.kind == "input":
-                low, up = bounds[node.name]
-                a_pos, a_neg = _positive_negative(a)
-                constant = constant + _dot(a_pos, low.unsqueeze(1)) + _dot(a_neg, up.unsqueeze(1))
-            elif node.kind == "linear":
-                shapes = [self.graph.nodes[i].shape for i in node.inputs]
-                constant = constant + _dot(a, self.offset(node, a).unsqueeze(1))
-                for source, a_in in zip(node.inputs, node.op.backward(a, shapes)):
-                    pending[source] = pending[source] + a_in if source in pending else a_in
-            elif node.kind == "unary":
-                r = relaxation_for(node, start)
-                a_pos, a_neg = _positive_negative(a)
-                constant = constant + _dot(a_pos, r.lower_intercept) + _dot(a_neg, r.upper_intercept)
-                a_in = a_pos * r.lower_slope + a_neg * r.upper_slope
-                source = node.inputs[0]
-                pending[source] = pending[source] + a_in if source in pending else a_in
-            elif node.kind == "binary":
-                r = relaxation_for(node, start)
-                a_pos, a_neg = _positive_negative(a)
-                constant = constant + _dot(a_pos, r.lower_intercept) + _dot(a_neg, r.upper_intercept)
-                for source, (low_c, up_c) in zip(node.inputs, ((r.lower_x, r.upper_x), (r.lower_y, r.upper_y))):
-                    a_in = a_pos * low_c + a_neg * up_c
-                    pending[source] = pending[source] + a_in if source in pending else a_in
-            else:
-                raise ValueError(f"no backward rule for node kind '{node.kind}'")
-        return constant
-
-
-def _add_split_terms(a: Tensor, constant: Tensor, beta: tuple[Tensor, Tensor], splits: SplitConstraints,
-                     name: str) -> tuple[Tensor, Tensor]:
-    """``a . x + beta_up (x - upper) + beta_low (lower - x)``: both added terms are <= 0 on the domain.
-    Constraints that are absent (infinite) contribute nothing whatever their beta."""
-    beta_low, beta_up = beta
-    split_low = splits.lower.get(name)
-    split_up = splits.upper.get(name)
-    if split_up is not None:
-        finite = torch.isfinite(split_up).unsqueeze(1)
-        beta_up = torch.where(finite, beta_up, torch.zeros_like(beta_up))
-        a = a + beta_up
-        constant = constant - _dot(beta_up, torch.where(finite, split_up.unsqueeze(1), torch.zeros_like(beta_up)))
-    if split_low is not None:
-        finite = torch.isfinite(split_low).unsqueeze(1)
-        beta_low = torch.where(finite, beta_low, torch.zeros_like(beta_low))
-        a = a - beta_low
-        constant = constant + _dot(beta_low, torch.where(finite, split_low.unsqueeze(1), torch.zeros_like(beta_low)))
-    return a, constant
+__all__ = [  # the walk's names are re-exported: callers import the engine from here
+    "BackwardPropagator", "BetaTerms", "RelaxationFor", "SplitConstraints", "CrownOptions", "DefaultRelaxations",
+    "INFEASIBLE", "close_infeasible", "crown", "identity_coefficients", "infeasible_domains", "nodes_needing_bounds",
+    "propagate_bounds", "relax_node", "spec_coefficients",
+]
 
 
 def identity_coefficients(shape: tuple[int, ...], batch: int, like: Tensor) -> Tensor:
@@ -338,7 +189,9 @@ def close_infeasible(lower_bound: Tensor, bounds: dict) -> Tensor:
 def _has_nonlinear_ancestor(propagator: BackwardPropagator, node: Node) -> bool:
     """Whether a backward pass can beat IBP on this node. IBP is exact for a single affine map of the
     input box, so a node reached from the input by one linear op gets no pass; a chain of linear ops
-    (whose IBP compounds |L1||L2| > |L1 L2|) or any nonlinearity on the way does."""
+    (whose IBP compounds |L1||L2| > |L1 L2|) or any nonlinearity on the way does. (A chain whose other
+    ops are box-exact is exact too, but its pass is cheap -- shared coefficients, concretised on the
+    box image -- and CROWN's rounding there is slightly tighter than IBP's, so it keeps its pass.)"""
     ancestors = propagator.ancestors(node.name)
     linear_chain = [n for n in ancestors if n.kind == "linear"]
     return any(n.kind in ("unary", "binary") for n in ancestors) or len(linear_chain) > 1

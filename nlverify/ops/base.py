@@ -46,6 +46,11 @@ class LinearOp(Op):
     # True when every output entry is a copy of one input entry or a constant: IBP through such an op
     # is exact, so a tighter method has nothing to add once its inputs are bounded.
     selects = False
+    # True when every output entry is an affine function of a single input entry (elementwise scaling,
+    # reshapes, transposes, slices). If moreover the output has no more entries than the input, no input
+    # entry feeds two outputs, and the image of a box is exactly a box: IBP is exact through the op and a
+    # linear function of the output has the same minimum over the output's box as over the input's.
+    entrywise = False
 
     def forward_abs(self, *radii: Tensor) -> Tensor:
         raise NotImplementedError

@@ -27,7 +27,10 @@ class MatMulConst(LinearOp):
         return radius @ self.weight.abs()
 
     def backward(self, coeffs: Tensor, input_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
-        return [coeffs @ self.weight.transpose(0, 1)]
+        # one 2-D product over every (box, row, leading axis): a broadcast batched product would copy
+        # the weight per row when the coefficients are not contiguous (e.g. shared by every box)
+        flat = coeffs.reshape(-1, coeffs.shape[-1]) @ self.weight.transpose(0, 1)
+        return [flat.reshape(*coeffs.shape[:-1], self.weight.shape[0])]
 
     def describe(self) -> str:
         return f"MatMul{tuple(self.weight.shape)}"
@@ -129,6 +132,8 @@ class ElementwiseAffine(LinearOp):
 
     Normalises Add/Sub/Mul/Div by constants, Neg, inference-mode BatchNormalization and Identity.
     """
+
+    entrywise = True
 
     def __init__(self, scale: Tensor | None = None, shift: Tensor | None = None) -> None:
         self.scale = scale

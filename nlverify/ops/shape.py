@@ -21,6 +21,8 @@ class _Permutation(LinearOp):
 class ReshapeOp(_Permutation):
     """Reshape/Flatten/Squeeze/Unsqueeze: a view onto ``shape`` (the full ONNX shape)."""
 
+    entrywise = True
+
     def __init__(self, shape: Sequence[int]) -> None:
         self.shape = tuple(int(s) for s in shape)
 
@@ -35,6 +37,8 @@ class ReshapeOp(_Permutation):
 
 
 class TransposeOp(_Permutation):
+    entrywise = True
+
     def __init__(self, perm: Sequence[int]) -> None:
         self.perm = (0,) + tuple(int(p) + 1 for p in perm)
 
@@ -51,6 +55,8 @@ class TransposeOp(_Permutation):
 
 class SliceOp(_Permutation):
     """ONNX Slice with constant starts/ends/steps, resolved to Python slices per (shifted) axis."""
+
+    entrywise = True
 
     def __init__(self, slices: Sequence[slice]) -> None:
         self.slices = (slice(None),) + tuple(slices)
