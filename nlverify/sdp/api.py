@@ -27,7 +27,7 @@ from typing import Sequence
 from torch import nn
 
 from .certify import certify_rho, qc_blocks, sqrt_up
-from . import barrier, dual_scaling, scs_direct
+from . import barrier, dual_scaling, first_order, scs_direct
 from .lipsdp import build_lmi_problem, solve_lmi
 from .lower import sampled_lower_bound
 from .methods import canonical_method, make_qcs
@@ -82,6 +82,9 @@ class _Backend:
             self.problem = barrier.build_barrier(weights, qcs)
         elif name == "DUAL-SCALING":
             self.problem = dual_scaling.build_dual_scaling(weights, qcs)
+        elif name in ("LBFGS", "FIRST-ORDER"):
+            self.name = "LBFGS"
+            self.problem = first_order.build_first_order(weights, qcs)
         elif name in ("SCS", "SCS-DIRECT", "SCS-FULL"):
             self.problem = scs_direct.build_direct(weights, qcs, chordal=name != "SCS-FULL")
         else:
@@ -89,7 +92,10 @@ class _Backend:
         self.build_s, self.lmi_size = self.problem.build_s, self.problem.lmi_size
 
     def initial_eps(self, eps: float) -> float:
-        # the interior-point eps is a relative duality gap on rho (iterates strictly feasible)
+        # the interior-point eps is a relative duality gap on rho (iterates strictly feasible);
+        # the first-order eps is the final relative smoothing level of rho(t)
+        if self.name == "LBFGS":
+            return min(10 * eps, 1e-4)
         return min(100 * eps, 1e-3) if self.name in ("BARRIER", "DUAL-SCALING") else eps
 
     def solve(self, eps: float, max_iters: int | None, warm_start: bool):
@@ -103,6 +109,8 @@ class _Backend:
             if res.values and math.isfinite(res.rho):  # report the dual (lower) bound as raw value
                 res.rho = max(res.tolerances.get("lower_bound", 0.0), 0.0)
             return res
+        if self.name == "LBFGS":  # raw value: rho of the best iterate (no dual bound)
+            return first_order.solve_first_order(self.problem, eps, max_iters, warm_start, self.time_limit)
         if self.name in ("SCS", "SCS-DIRECT", "SCS-FULL"):
             return scs_direct.solve_direct(self.problem, eps, max_iters, warm_start, time_limit=self.time_limit)
         solver = "SCS" if self.name == "SCS-CVXPY" else self.name
