@@ -45,7 +45,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .barrier import feasible_start, supports
+from .barrier import feasible_start
+from .barrier import supports as slope_restricted
 from .dual_scaling import TridiagonalLmi
 from .lipsdp import SlopeLayerQC, SlopeNeuronQC, SolveResult
 from .lmi import LayerQC, block_sizes
@@ -67,9 +68,18 @@ class FirstOrderProblem:
     state: dict | None = field(default=None, repr=False)
 
 
+def supports(qcs: Sequence[LayerQC]) -> bool:
+    """Slope-restricted layers with ``alpha + beta > 0``. With ``alpha + beta = 0`` (sin: [-1, 1])
+    the LMI has no coupling blocks, ``rho(t)`` stays finite up to the boundary ``H(t) >= 0`` and the
+    optimum lies *on* it, where this method (steps halved away from infeasible points) stalls:
+    measured on a 5-8-3 sin net, 33 % above the optimum."""
+    return slope_restricted(qcs) and all(qc.spec.alpha + qc.spec.beta > 0 for qc in qcs)
+
+
 def build_first_order(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC]) -> FirstOrderProblem:
     if not supports(qcs):
-        raise ValueError("the first-order method handles slope-restricted activations only")
+        raise ValueError("the first-order method handles slope-restricted activations with "
+                         "alpha + beta > 0 only")
     ws = [np.asarray(w, dtype=np.float64) for w in weights]
     return FirstOrderProblem(ws, list(qcs), 0.0, int(sum(block_sizes(ws))))
 
