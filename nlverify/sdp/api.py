@@ -6,9 +6,10 @@ Pipeline (each step in its own module):
    power of two (exact, see :func:`network.normalized`); thin-SVD of ``W_1`` for the solve.
 2. :mod:`methods` / :mod:`lipsdp` / :mod:`maxmin` -- one QC family per layer; solve
    ``min rho s.t. M(rho, lambda) << 0``. Backends (``solver=``): ``auto`` (default) -- when every
-   activation is slope-restricted, the barrier method of :mod:`barrier` for LMIs below
-   ``DUAL_SCALING_MIN_SIZE`` and the block-tridiagonal dual-scaling method of :mod:`dual_scaling`
-   from there on; else ``SCS-CVXPY``; ``barrier`` / ``dual-scaling`` force one of them;
+   activation is slope-restricted, the dual-scaling interior-point method of :mod:`dual_scaling`
+   for LMIs below ``FIRST_ORDER_MIN_SIZE`` and the L-BFGS method on the certified objective of
+   :mod:`first_order` from there on (measurements at :data:`FIRST_ORDER_MIN_SIZE`); else
+   ``SCS-CVXPY``; ``barrier`` / ``dual-scaling`` / ``lbfgs`` force one of them;
    ``SCS`` -- SCS called directly with the chordal decomposition of :mod:`scs_direct`;
    ``SCS-CVXPY``, ``CLARABEL`` or any other cvxpy solver name -- the cvxpy model of :mod:`lipsdp`.
 3. :mod:`certify` -- project multipliers, prove ``M(rho) < 0`` in float64 for the *full* weights
@@ -56,17 +57,27 @@ def as_network(model: nn.Module | LipNetwork | str | Path, input_shape: Sequence
     raise TypeError(f"cannot compute a Lipschitz bound for {type(model).__name__}")
 
 
-# LMI size from which solver="auto" uses the dual-scaling method (block-tridiagonal line searches
-# and a proven stopping gap) instead of the dense barrier for slope-restricted nets. Provisional:
-# chosen because its iterations are cheaper at equal iteration counts (5x100: 120-175 vs 187);
-# a head-to-head timing at 8x200 on an unloaded machine is still to be done.
-DUAL_SCALING_MIN_SIZE = 1000
+# LMI size from which solver="auto" uses the first-order method (L-BFGS on rho(t), no dual bound)
+# instead of the dual-scaling interior-point method (proven relative gap). Measured on the random
+# ReLU nets of benchmarks/lipschitz.py (solve seconds, one core, load ~2): 2x100 (LMI 210) barrier
+# 0.5, dual-scaling 0.4, lbfgs 0.2; 5x100 (510) barrier 7.8, dual-scaling 5.1 (proven gap 4e-5),
+# lbfgs 1.6 (0.05 % above the optimum); 8x200 (1610) dual-scaling needs minutes (below), lbfgs
+# 23 s. The interior-point methods cost O(n^3) per iteration and ~100-200 iterations, so below this
+# size the proven gap is cheap and auto keeps it; the barrier is slower than dual-scaling at every
+# size measured and is no longer picked.
+FIRST_ORDER_MIN_SIZE = 600
 
 
-def auto_slope_solver(weights) -> str:
-    """``BARRIER`` for small LMIs, ``DUAL-SCALING`` from :data:`DUAL_SCALING_MIN_SIZE` on."""
+def auto_slope_solver(weights, qcs=None) -> str:
+    """``DUAL-SCALING`` below :data:`FIRST_ORDER_MIN_SIZE` (or where the first-order method does
+    not apply: some layer with ``alpha + beta = 0``), ``LBFGS`` from there on; ``BARRIER`` for a
+    single linear layer (the block-tridiagonal solvers need a hidden layer)."""
+    if len(weights) == 1:
+        return "BARRIER"
     size = weights[0].shape[1] + sum(w.shape[0] for w in weights[:-1])
-    return "DUAL-SCALING" if size >= DUAL_SCALING_MIN_SIZE else "BARRIER"
+    if size < FIRST_ORDER_MIN_SIZE or (qcs is not None and not first_order.supports(qcs)):
+        return "DUAL-SCALING"
+    return "LBFGS"
 
 
 class _Backend:
@@ -76,7 +87,7 @@ class _Backend:
         name = solver.upper()
         if name == "AUTO":
             # measured (5fc_32 MaxMin, 2 loaded cores): cvxpy+SCS 26 s, direct chordal SCS 47 s
-            name = auto_slope_solver(weights) if barrier.supports(qcs) else "SCS-CVXPY"
+            name = auto_slope_solver(weights, qcs) if barrier.supports(qcs) else "SCS-CVXPY"
         self.name, self.time_limit = name, time_limit
         if name == "BARRIER":
             self.problem = barrier.build_barrier(weights, qcs)
@@ -128,7 +139,7 @@ def lipschitz_bound(model: nn.Module | LipNetwork | str | Path, norm: int | str 
     ``model``: an ``nn.Sequential`` (Linear/Conv/BatchNorm(eval)/Flatten + activations), a
     :class:`LipNetwork`, or a ``.mat`` file (``activation`` picks the activation for weight files).
     ``method``: ``neuron`` | ``layer`` | ``maxmin-qc`` | ``maxmin-elim`` | ``auto``.
-    ``solver``: ``auto`` | ``barrier`` | ``dual-scaling`` | ``SCS`` (direct, chordal) | ``SCS-FULL`` (direct, one cone) |
+    ``solver``: ``auto`` | ``barrier`` | ``dual-scaling`` | ``lbfgs`` | ``SCS`` (direct, chordal) | ``SCS-FULL`` (direct, one cone) |
     ``SCS-CVXPY`` | ``CLARABEL`` (see the module docstring). ``time_limit``: seconds per solve
     (the best iterate so far is certified). ``eps``: solver tolerance (the barrier starts at a
     relative gap of ``min(100 eps, 1e-3)``); tightened 10x per re-solve.

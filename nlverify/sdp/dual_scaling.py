@@ -54,8 +54,8 @@ the bound.
 iteration is cheaper than the dense barrier's (one ``potri`` instead of an n x n ``cho_solve``,
 O(sum n_k^3) line searches), but the iteration count is not lower: 120-175 iterations on 5x100,
 dominated by long centring phases with a Newton decrement stuck near 3 at full steps (a flat
-valley of the barrier). On 8x200 it does not reach 1 % within 60 s. Set ``NLVERIFY_DS_DEBUG=1``
-to print the per-iteration trace.
+valley of the barrier). On 8x200 it does not reach 1 % within 60 s; the first-order method of
+:mod:`nlverify.sdp.first_order` does (see :mod:`nlverify.sdp.api` for which one ``auto`` picks).
 """
 from __future__ import annotations
 
@@ -72,8 +72,6 @@ from .blocktri import BlockCholesky, BlockTridiagonal, block_cholesky
 from .lipsdp import SolveResult
 from .lmi import LayerQC, block_sizes
 
-
-_DEBUG = bool(__import__("os").environ.get("NLVERIFY_DS_DEBUG"))
 
 
 @dataclass
@@ -299,9 +297,6 @@ def solve_dual_scaling(problem: DualScalingProblem, eps: float = 1e-4, max_iters
             if f_try >= f_new:
                 break
             alpha, r_new, v_new, c_new, f_new = 2 * alpha, r_try, v_try, c_try, f_try
-        if _DEBUG:
-            print(f"it {iters} rho {rho:.8g} lb {lb:.8g} gap {(rho - lb) / rho:.2e} alpha {alpha:.3g} "
-                  f"dec2 {-slope:.3g} mu {mu:.3g} t {time.perf_counter() - start:.2f}")
         rho, v, chol = r_new, v_new, c_new
     problem.state = {"rho": rho, "v": v, "lb": lb, "mu": mu}
     wall = time.perf_counter() - start

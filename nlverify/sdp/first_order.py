@@ -73,7 +73,7 @@ def supports(qcs: Sequence[LayerQC]) -> bool:
     the LMI has no coupling blocks, ``rho(t)`` stays finite up to the boundary ``H(t) >= 0`` and the
     optimum lies *on* it, where this method (steps halved away from infeasible points) stalls:
     measured on a 5-8-3 sin net, 33 % above the optimum."""
-    return slope_restricted(qcs) and all(qc.spec.alpha + qc.spec.beta > 0 for qc in qcs)
+    return bool(qcs) and slope_restricted(qcs) and all(qc.spec.alpha + qc.spec.beta > 0 for qc in qcs)
 
 
 def build_first_order(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC]) -> FirstOrderProblem:

@@ -5,7 +5,7 @@ import pytest
 
 from nlverify.sdp import from_weights, lipschitz_bound, verify_certificate
 from nlverify.sdp.activations import RELU, SIN, TANH, leaky_relu
-from nlverify.sdp.api import DUAL_SCALING_MIN_SIZE, auto_slope_solver
+from nlverify.sdp.api import FIRST_ORDER_MIN_SIZE, auto_slope_solver
 from nlverify.sdp.barrier import _Lmi, feasible_start
 from nlverify.sdp.blocktri import block_cholesky
 from nlverify.sdp.certify import certify_rho, qc_blocks
@@ -90,8 +90,12 @@ def test_counterexample_2_4_1_is_not_undercut():
         assert cert.bound >= true_norm * (1 - 1e-12)
 
 
-def test_auto_picks_dual_scaling_by_size():
+def test_auto_picks_dual_scaling_below_the_first_order_size():
     small = [np.zeros((10, 5)), np.zeros((3, 10))]
-    big = [np.zeros((DUAL_SCALING_MIN_SIZE, 5)), np.zeros((3, DUAL_SCALING_MIN_SIZE))]
-    assert auto_slope_solver(small) == "BARRIER"
-    assert auto_slope_solver(big) == "DUAL-SCALING"
+    big = [np.zeros((FIRST_ORDER_MIN_SIZE, 5)), np.zeros((3, FIRST_ORDER_MIN_SIZE))]
+    relu = make_qcs([RELU], [FIRST_ORDER_MIN_SIZE], "neuron")
+    sin = make_qcs([SIN], [FIRST_ORDER_MIN_SIZE], "neuron")
+    assert auto_slope_solver(small) == "DUAL-SCALING"
+    assert auto_slope_solver([np.zeros((3, 5))]) == "BARRIER"    # no hidden layer
+    assert auto_slope_solver(big, relu) == "LBFGS"
+    assert auto_slope_solver(big, sin) == "DUAL-SCALING"   # first-order method needs alpha + beta > 0
