@@ -61,8 +61,8 @@ def as_network(model: nn.Module | LipNetwork | str | Path, input_shape: Sequence
 # instead of the dual-scaling interior-point method (proven relative gap). Measured on the random
 # ReLU nets of benchmarks/lipschitz.py (solve seconds, one core, load ~2): 2x100 (LMI 210) barrier
 # 0.5, dual-scaling 0.4, lbfgs 0.2; 5x100 (510) barrier 7.8, dual-scaling 5.1 (proven gap 4e-5),
-# lbfgs 1.6 (0.05 % above the optimum); 8x200 (1610) dual-scaling needs minutes (below), lbfgs
-# 23 s. The interior-point methods cost O(n^3) per iteration and ~100-200 iterations, so below this
+# lbfgs 1.6 (0.05 % above the optimum); 8x200 (1610): dual-scaling found no dual bound in 2000
+# iterations (31 min, stopped at 3.2x the optimum), barrier ~0.8 s per iteration, lbfgs 23 s. The interior-point methods cost O(n^3) per iteration and ~100-200 iterations, so below this
 # size the proven gap is cheap and auto keeps it; the barrier is slower than dual-scaling at every
 # size measured and is no longer picked.
 FIRST_ORDER_MIN_SIZE = 600
