@@ -214,7 +214,8 @@ class BackwardPropagator:
                 return constant + box_minimum(a, low, up)
             if node.kind == "linear":
                 shapes = [self.graph.nodes[i].shape for i in node.inputs]
-                if len(node.inputs) == 1 and self._may_stop_at(node.inputs[0], pending, wanted):
+                if (len(node.inputs) == 1 and node.inputs[0] not in wanted
+                        and self._may_stop_at(node.inputs[0], pending, wanted)):
                     # the last step, fused with the concretisation, a few boxes at a time
                     low, up = bounds[node.inputs[0]]
                     return constant + box_minimum_through(

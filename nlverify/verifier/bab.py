@@ -79,7 +79,7 @@ class BabOptions:
     branching: str = "bbps"  # or "width" (baseline, for ablation)
     split_points: str = "table"  # or "midpoint" (baseline, for ablation); ReLU/LeakyReLU split at 0 either way
     input_alpha_iterations: int = 0  # >0: alpha-CROWN (output alphas) on input-split children
-    input_bounds: str = "hybrid"  # input split: node boxes by "hybrid" (forward, then CROWN), "crown" or "forward"
+    input_bounds: str = "crown"  # input split node boxes: "crown", "hybrid" (forward, CROWN where open), "forward"
     input_branching: str = "auto"  # "smear", "strong" (try every dimension), "auto": strong for few inputs
     refine_intermediate: str = "auto"  # "on"/"off"/"auto": re-bound intermediate boxes of children by CROWN
     refine_max_cost: float = 2e7  # "auto" turns refinement on below this many multiply-adds per domain

@@ -48,3 +48,23 @@ def test_box_images_do_not_change_bounds(monkeypatch):
     x = (low + (up - low) * torch.rand(500, 1, 12)).reshape(-1, 1, 2, 6)
     y = graph.forward(x).reshape(500, 4, 3)
     assert (y >= fast[0] - 1e-5).all() and (y <= fast[1] + 1e-5).all()
+
+
+def test_recorded_input_is_reached_through_a_fused_first_layer(tmp_path):
+    """Recording the input's coefficients must not be skipped by the fused last step (BaB's input split
+    reads them to choose its split)."""
+    from netgen import export, make_net
+    from nlverify.bounds.crown import DefaultRelaxations, propagate_bounds, CrownOptions, spec_coefficients
+    from nlverify.model import load_onnx
+
+    net, shape = make_net("relu", "mlp", seed=0, width=8, inputs=3, outputs=2)
+    model = load_onnx(export(net, shape, tmp_path / "net.onnx"))
+    g = model.graph
+    lower, upper = -torch.ones(2, 3), torch.ones(2, 3)
+    bounds = propagate_bounds(g, lower, upper, DefaultRelaxations, model.propagator, CrownOptions())
+    coeffs = spec_coefficients(None, g, 2, lower)
+    record = {g.input_name: None}
+    recorded = model.propagator.lower_bound(g.output_name, coeffs, bounds, DefaultRelaxations(bounds), record=record)
+    plain = model.propagator.lower_bound(g.output_name, coeffs, bounds, DefaultRelaxations(bounds))
+    assert record[g.input_name] is not None and record[g.input_name].abs().sum() > 0
+    torch.testing.assert_close(recorded, plain, rtol=1e-5, atol=1e-5)

@@ -136,7 +136,7 @@ def test_record_option_returns_coefficients_without_changing_the_bound(tmp_path)
     plain = model.propagator.lower_bound(g.output_name, coeffs, boxes, DefaultRelaxations(boxes))
     record = {g.output_name: None, g.input_name: None}
     recorded = model.propagator.lower_bound(g.output_name, coeffs, boxes, DefaultRelaxations(boxes), record=record)
-    assert torch.equal(plain, recorded)
+    torch.testing.assert_close(plain, recorded, rtol=1e-5, atol=1e-6)  # the plain walk may fuse its last step (rounding only)
     assert torch.equal(record[g.output_name], coeffs)
     # the bound is affine in the input box through the recorded input coefficients
     a = record[g.input_name].reshape(3, -1)
