@@ -35,14 +35,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import cvxpy as cp
 import numpy as np
 import torch
 from torch import nn
 
 from .activations import ActivationSpec, group_indices
-from .lmi import Blocks
-from .maxmin import FreeEqualityQC
+from .maxmin import SortQC
 
 
 def householder(reflection: np.ndarray | Sequence, grouping: str = "consecutive") -> ActivationSpec:
@@ -80,15 +78,12 @@ def complement_rows(r: np.ndarray) -> np.ndarray:
     return rows
 
 
-class HouseholderQC(FreeEqualityQC):
-    """1-Lipschitz per group (``mu >= 0``) + projection preservation (free H): **householder**."""
+class HouseholderQC(SortQC):
+    """1-Lipschitz per group (``mu >= 0``) + projection preservation (free H): **householder**. The LMI
+    blocks are MaxMin's (:class:`SortQC`); only the equality matrix differs."""
 
     name = "householder"
     kinds = ("householder",)
-
-    def __init__(self, spec: ActivationSpec, size: int) -> None:
-        super().__init__(spec, size)
-        self.mu = cp.Variable(self.groups, nonneg=True, name="mu")
 
     def equality_matrix(self) -> np.ndarray:
         r = reflections_per_group(self.spec, self.size)
@@ -99,28 +94,6 @@ class HouseholderQC(FreeEqualityQC):
         row_ids = np.arange(groups * gm1).reshape(groups, gm1, 1)
         e[row_ids, idx[:, None, :]] = rows
         return e
-
-    def cvx_contribution(self, weight):
-        f11, f12, f22 = self._free_cvx(weight)
-        mu_full = self.s.T @ self.mu
-        return weight.T @ cp.diag(mu_full) @ weight + f11, f12, -cp.diag(mu_full) + f22
-
-    def variable_values(self):
-        return {"mu": np.asarray(self.mu.value, dtype=np.float64), **self._free_values()}
-
-    def variable_shapes(self):
-        return {"mu": (self.groups,), **self._free_shapes()}
-
-    def nonneg_names(self):
-        return ("mu",)
-
-    def project(self, values):
-        return {**values, "mu": np.maximum(np.asarray(values["mu"], dtype=np.float64), 0.0)}
-
-    def numpy_blocks(self, values) -> Blocks:
-        f11, f12, f22 = self._free_numpy(values)
-        mu_full = self.s.T @ values["mu"]
-        return np.diag(mu_full) + f11, f12, -np.diag(mu_full) + f22
 
 
 class Householder(nn.Module):
