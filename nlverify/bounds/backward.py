@@ -161,8 +161,9 @@ class BackwardPropagator:
         parts, records = [], []
         for first in range(0, batch, step):
             boxes = slice(first, min(first + step, batch))
-            chunk_bounds = {name: (_box_rows(low, boxes, batch), _box_rows(up, boxes, batch))
-                            for name, (low, up) in bounds.items() if name in names}
+            # filter before unpacking: ``bounds`` may also hold non-box entries (crown.INFEASIBLE, a mask)
+            chunk_bounds = {name: (_box_rows(box[0], boxes, batch), _box_rows(box[1], boxes, batch))
+                            for name, box in bounds.items() if name in names}
             chunk_record = dict.fromkeys(record) if record is not None else None
             parts.append(self._walk(start, coeffs[boxes], chunk_bounds, relaxations.restricted(boxes), None, None,
                                     chunk_record))

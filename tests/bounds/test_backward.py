@@ -68,3 +68,21 @@ def test_recorded_input_is_reached_through_a_fused_first_layer(tmp_path):
     plain = model.propagator.lower_bound(g.output_name, coeffs, bounds, DefaultRelaxations(bounds))
     assert record[g.input_name] is not None and record[g.input_name].abs().sum() > 0
     torch.testing.assert_close(recorded, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_walk_with_an_empty_split_domain(monkeypatch):
+    """An empty split domain adds a (B,) infeasibility mask to the node boxes; the chunked walk must
+    skip it rather than read it as a box (dist_shift index9192 crashed there)."""
+    from nlverify.bounds.crown import SplitConstraints
+
+    graph = _net()
+    monkeypatch.setattr(backward, "CHUNK_BYTES", 1)  # one box per chunk
+    centre, radius = torch.rand(3, 12), torch.full((3, 12), 0.2)
+    inf = torch.full((3, 1, 16), float("inf"))
+    split_low, split_up = -inf.clone(), inf.clone()
+    split_low[1, 0, 0], split_up[1, 0, 0] = 5.0, -5.0  # domain 1: an empty interval, infeasible
+    splits = SplitConstraints({"z1": split_low}, {"z1": split_up})
+    lower, _, _ = crown(graph, centre - radius, centre + radius, splits=splits, need_upper=False)
+    assert torch.isinf(lower[1]).all() and (lower[1] > 0).all()  # closed vacuously
+    alone, _, _ = crown(graph, (centre - radius)[:1], (centre + radius)[:1], need_upper=False)
+    torch.testing.assert_close(lower[:1], alone, rtol=1e-5, atol=1e-5)
