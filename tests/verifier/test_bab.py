@@ -122,7 +122,7 @@ def test_pipeline_hook_returns_one_outcome_per_problem(tmp_path):
 
 
 @pytest.mark.parametrize("bounds,branching", [("crown", "smear"), ("forward", "strong"), ("hybrid", "strong"),
-                                              ("hybrid", "smear")])
+                                              ("hybrid", "smear"), ("crown", "alternate")])
 @pytest.mark.parametrize("activation", ["relu", "sin"])
 def test_input_split_configurations_agree(tmp_path, activation, bounds, branching):
     """Every input-split configuration proves just above the true maximum and falsifies just below."""
