@@ -134,6 +134,27 @@ def certified_radius(model64: nn.Sequential, input_shape: tuple[int, ...], x_sta
     return 0.0
 
 
+def certify_plant(model64: nn.Sequential, input_shape: tuple[int, ...], x_star: np.ndarray, lower: np.ndarray,
+                  upper: np.ndarray, label: int, target: int, classes: int, planted: bool,
+                  start_radius: float) -> tuple[float, float]:
+    """The float64 checks every generator applies at ``x*`` before writing an instance: ``(margin,
+    certified radius)``. For a planted counterexample the margin must be ``>= MIN_MARGIN`` and some
+    ball around ``x*`` (at most ``start_radius``, clipped to the box) must be proved violated by
+    interval arithmetic, else ``RuntimeError``; a clean (decoy) instance gets radius 0."""
+    with torch.no_grad():
+        y64 = model64(torch.as_tensor(x_star, dtype=torch.float64).reshape(1, *input_shape))[0].numpy()
+    margin = violation_margin(y64, label)
+    if not planted:
+        return margin, 0.0
+    if margin < MIN_MARGIN:
+        raise RuntimeError(f"float64 margin at x* is {margin:.3g} < {MIN_MARGIN}")
+    start = min(start_radius, float(np.min(np.minimum(x_star - lower, upper - x_star))))
+    radius = certified_radius(model64, input_shape, x_star, lower, upper, label, target, classes, start)
+    if radius <= 0.0:
+        raise RuntimeError("interval arithmetic could not certify any ball around x*")
+    return margin, radius
+
+
 def ort_outputs(onnx_model: Union[str, Path, bytes], x: np.ndarray) -> np.ndarray:
     """Outputs (flat float64) of an ONNX model on the flat input ``x`` (fed as float32, batch 1)."""
     import onnxruntime

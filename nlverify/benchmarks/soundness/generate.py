@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .attack import AttackBudget, hiddenness_attack
-from .check import MIN_MARGIN, certified_radius, margin_lower_bounds, ort_outputs, violation_margin
+from .check import MIN_MARGIN, certify_plant, margin_lower_bounds, ort_outputs, violation_margin
 from .models import ACTIVATIONS, CNNWeights, MLPWeights, build_model, export_onnx
 from .needle import STEP_FAMILY, WIDTH, merge, needle_network, shuffle_units
 from .vnnlib_io import RobustnessProperty, read_property, write_property
@@ -211,17 +211,8 @@ def build_instance(config: InstanceConfig, activation: str, seed: int) -> BuiltI
         height = (m_star + tau) / (g_star - g_ref)
     merged = shuffle_units(merge(base, needle, target, height, g_ref), rng)
     model64 = build_model(merged, torch.float64)
-    with torch.no_grad():
-        y64 = model64(torch.as_tensor(x_star).reshape(1, *config.input_shape))[0].numpy()
-    margin64 = violation_margin(y64, label)
-    radius = 0.0
-    if config.planted:
-        if margin64 < MIN_MARGIN:
-            raise RuntimeError(f"float64 margin at x* is {margin64:.3g} < {MIN_MARGIN}")
-        start = min(WIDTH * config.eps, float(np.min(np.minimum(x_star - lower, upper - x_star))))
-        radius = certified_radius(model64, config.input_shape, x_star, lower, upper, label, target, CLASSES, start)
-        if radius <= 0.0:
-            raise RuntimeError("interval arithmetic could not certify any ball around x*")
+    margin64, radius = certify_plant(model64, config.input_shape, x_star, lower, upper, label, target, CLASSES,
+                                     config.planted, WIDTH * config.eps)
     prop = RobustnessProperty(lower, upper, label, CLASSES)
     return BuiltInstance(config, activation, seed, merged, prop, target, x_star, m_star, float(height),
                          margin64, radius, {"tau": float(tau), "g_star": g_star, "g_ref": g_ref})

@@ -78,7 +78,7 @@ import torch
 from torch import nn
 
 from .attack import AttackBudget, hiddenness_attack
-from .check import MIN_MARGIN, certified_radius, violation_margin
+from .check import certify_plant
 from .models import CNNWeights, MLPWeights, build_model, make_activation
 
 __all__ = ["TrainingConfig", "CHECK_BUDGET", "CentredNet", "train_network", "build_trained_instance"]
@@ -332,17 +332,8 @@ def build_trained_instance(config, activation: str, seed: int, training: Trainin
     weights, report = train_network(init, x0, config.eps, lower, upper, label, target, x_star, config.planted,
                                     training_seed, training)
     model64 = build_model(weights, torch.float64)
-    with torch.no_grad():
-        y64 = model64(torch.as_tensor(x_star).reshape(1, *config.input_shape))[0].numpy()
-    margin64 = violation_margin(y64, label)
-    radius = 0.0
-    if config.planted:
-        if margin64 < MIN_MARGIN:
-            raise RuntimeError(f"training left the float64 margin at x* at {margin64:.3g} < {MIN_MARGIN}")
-        start = min(training.exclusion * config.eps, float(np.min(np.minimum(x_star - lower, upper - x_star))))
-        radius = certified_radius(model64, config.input_shape, x_star, lower, upper, label, target, CLASSES, start)
-        if radius <= 0.0:
-            raise RuntimeError("interval arithmetic could not certify any ball around x*")
+    margin64, radius = certify_plant(model64, config.input_shape, x_star, lower, upper, label, target, CLASSES,
+                                     config.planted, training.exclusion * config.eps)
     prop = RobustnessProperty(lower, upper, label, CLASSES)
     tau = training.plant_margin if config.planted else -training.decoy_margin
     info = {"tau": tau, "training_report": report,
