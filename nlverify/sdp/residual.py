@@ -59,6 +59,7 @@ from .lipsdp import LipSDPProblem, solve_lmi
 from .lmi import Blocks, LayerQC
 from .methods import canonical_method, make_qcs
 from .network import power_of_two_exponents, reduce_input
+from .result import spectral_norm_up
 
 
 class ResidualBlock(nn.Module):
@@ -129,12 +130,11 @@ def residual_from_mat(path: str | Path, activation: str = "maxmin") -> ResidualN
 
 
 def residual_product_bound(net: ResidualNetwork) -> float:
-    """``||W_0|| prod_j (1 + Lip(phi_j) ||W_j||) ||W_out||``, inflated for the SVD's rounding
-    (1e-10 relative per norm, see :func:`result._certified_product`)."""
-    up = 1 + 1e-10
-    value = float(np.linalg.norm(net.embed, 2)) * up * float(np.linalg.norm(net.head, 2)) * up
+    """``||W_0|| prod_j (1 + Lip(phi_j) ||W_j||) ||W_out||`` with every norm rounded up
+    (:func:`nlverify.sdp.result.spectral_norm_up`)."""
+    value = spectral_norm_up(net.embed) * spectral_norm_up(net.head)
     for w, spec in zip(net.blocks, net.activations):
-        value *= 1 + float(np.linalg.norm(w, 2)) * up * spec.max_abs_slope
+        value *= 1 + spectral_norm_up(w) * spec.max_abs_slope
     return value * (1 + 1e-12)
 
 
