@@ -37,9 +37,7 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -115,21 +113,6 @@ def _bab_seconds(timings: dict[str, float]) -> float:
     return max(round(timings["bab"], 3), 0.001) if "bab" in timings else 0.0
 
 
-def wait_with_usage(process: subprocess.Popen, limit: float) -> tuple[int | None, float]:
-    """Wait up to ``limit`` s for ``process`` (``wait4``: its own rusage); past it kill its process group.
-    Returns ``(exit code or None when killed, user + system CPU seconds or -1)``."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            process.returncode = os.waitstatus_to_exitcode(status)
-            return process.returncode, usage.ru_utime + usage.ru_stime
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    return None, -1.0
-
-
 def kill_live() -> None:
     for group in list(LIVE):
         with contextlib.suppress(ProcessLookupError):
@@ -138,36 +121,13 @@ def kill_live() -> None:
 
 def run_one(instance: runner.Instance, config: str, timeout: float, expected: str = "") -> Run:
     """One instance under one configuration, in its own process with the runner's hard limit."""
-    with tempfile.TemporaryDirectory(prefix="nlverify-ablation-") as scratch:
-        result_path = Path(scratch) / "result.txt"
-        command = [sys.executable, "-m", "nlverify.cli", "verify", str(instance.folder / instance.onnx),
-                   str(instance.folder / instance.vnnlib), "--timeout", f"{timeout:g}",
-                   "--result-file", str(result_path), *CONFIGS[config]]
-        start = time.monotonic()
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            process = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True, cwd=REPO)
-            LIVE.add(process.pid)
-            try:
-                code, cpu = wait_with_usage(process, timeout + GRACE_S)
-            finally:
-                LIVE.discard(process.pid)
-            if code is None:
-                verdict, note = "timeout", "killed at the hard limit"
-            else:
-                verdict, note = runner._verdict_of(result_path) if result_path.is_file() else "error", ""
-            elapsed = time.monotonic() - start
-            out.seek(0), err.seek(0)
-            stdout, stderr = (f.read().decode(errors="replace").strip() for f in (out, err))
-        if verdict == "error" and not note:
-            note = stderr.splitlines()[-1] if stderr else f"exit code {code}"
-        if verdict == "sat":
-            note = runner._check_counterexample(instance, result_path) or note
-    timings = stage_timings(stdout)
-    status = "WRONG" if note.startswith("counterexample") else runner.score(verdict, expected)
-    return Run(instance.benchmark, instance.onnx, instance.vnnlib, config, verdict, status, round(elapsed, 3),
-               round(cpu, 3),
+    run = runner.launch(instance, timeout, CONFIGS[config], grace=GRACE_S, live=LIVE, cwd=REPO)
+    timings = stage_timings(run.stdout)
+    status = "WRONG" if run.note.startswith("counterexample") else runner.score(run.verdict, expected)
+    return Run(instance.benchmark, instance.onnx, instance.vnnlib, config, run.verdict, status, round(run.elapsed, 3),
+               round(run.cpu_s, 3),
                round(sum(timings.values()), 3) if timings else -1.0,
-               -1.0 if timings is None else _bab_seconds(timings), expected, note)
+               -1.0 if timings is None else _bab_seconds(timings), expected, run.note)
 
 
 def flag_disagreements(runs: list[Run]) -> None:

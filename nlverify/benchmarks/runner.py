@@ -113,23 +113,42 @@ def _check_counterexample(instance: Instance, result_path: Path) -> str:
         return f"counterexample unreadable: {exc}"
 
 
-def _wait(process: subprocess.Popen, limit: float) -> tuple[int | None, float]:
-    """Wait up to ``limit`` seconds; returns ``(exit code or None if still running, peak RSS in MB)``
-    using ``wait4`` so the rusage is this child's own."""
+@dataclass
+class Launch:
+    """One ``nlverify verify`` process, finished: its exit code (None when killed at the hard limit),
+    the verdict read from its result file (``timeout`` when killed, ``error`` when absent), a note, wall
+    seconds, its own peak RSS (MB) and CPU seconds (user + system, from ``wait4``), and its output."""
+
+    code: int | None
+    verdict: str
+    note: str
+    elapsed: float
+    peak_rss_mb: float
+    cpu_s: float
+    stdout: str
+    stderr: str
+
+
+def _wait(process: subprocess.Popen, limit: float) -> tuple[int | None, float, float]:
+    """Wait up to ``limit`` seconds; returns ``(exit code or None if still running, peak RSS in MB, CPU
+    seconds)`` using ``wait4`` so the rusage is this child's own."""
     end = time.monotonic() + limit
     while True:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             process.returncode = os.waitstatus_to_exitcode(status)
-            return process.returncode, usage.ru_maxrss / 1024.0
+            return process.returncode, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
         if time.monotonic() >= end:
-            return None, 0.0
+            return None, 0.0, -1.0
         time.sleep(0.02)
 
 
-def run_instance(instance: Instance, cap: float | None, extra_args: Iterable[str] = ()) -> InstanceResult:
-    """Run one instance in its own process group under a hard wall-clock limit."""
-    budget = min(instance.timeout, cap) if cap else instance.timeout
+def launch(instance: Instance, budget: float, extra_args: Iterable[str] = (), grace: float = GRACE_S,
+           live: set[int] | None = None, cwd: Path | None = None) -> Launch:
+    """Run ``nlverify verify`` on one instance with ``--timeout budget`` in its own process group, killed
+    past ``budget + grace`` s. ``live`` (optional) holds the group while it runs, so that a caller
+    interrupted meanwhile can kill it. A ``sat`` verdict's counterexample is re-checked in onnxruntime
+    (the note says why it was rejected)."""
     with tempfile.TemporaryDirectory(prefix="nlverify-bench-") as scratch:
         result_path = Path(scratch) / "result.txt"
         command = [sys.executable, "-m", "nlverify.cli", "verify", str(instance.folder / instance.onnx),
@@ -137,8 +156,20 @@ def run_instance(instance: Instance, cap: float | None, extra_args: Iterable[str
                    "--result-file", str(result_path), *extra_args]
         start = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            process = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True)
-            code, rss, verdict, note = _collect(process, budget, result_path)
+            process = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True, cwd=cwd)
+            if live is not None:
+                live.add(process.pid)
+            try:
+                code, rss, cpu = _wait(process, budget + grace)
+                if code is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    _, rss, _ = _wait(process, 5.0)
+                    verdict, note = "timeout", "killed at the hard limit"
+                else:
+                    verdict, note = _verdict_of(result_path) if result_path.is_file() else "error", ""
+            finally:
+                if live is not None:
+                    live.discard(process.pid)
             elapsed = time.monotonic() - start
             out.seek(0), err.seek(0)
             stdout, stderr = (f.read().decode(errors="replace").strip() for f in (out, err))
@@ -146,9 +177,16 @@ def run_instance(instance: Instance, cap: float | None, extra_args: Iterable[str
             note = stderr.splitlines()[-1] if stderr else f"exit code {code}"
         if verdict == "sat":
             note = _check_counterexample(instance, result_path) or note
-    return InstanceResult(instance.benchmark, instance.onnx, instance.vnnlib, instance.timeout, verdict,
-                          round(elapsed, 3), _reported_time(stdout), -1 if code is None else code, round(rss, 1),
-                          note=note)
+    return Launch(code, verdict, note, elapsed, rss, cpu, stdout, stderr)
+
+
+def run_instance(instance: Instance, cap: float | None, extra_args: Iterable[str] = ()) -> InstanceResult:
+    """Run one instance in its own process group under a hard wall-clock limit."""
+    budget = min(instance.timeout, cap) if cap else instance.timeout
+    run = launch(instance, budget, extra_args)
+    return InstanceResult(instance.benchmark, instance.onnx, instance.vnnlib, instance.timeout, run.verdict,
+                          round(run.elapsed, 3), _reported_time(run.stdout), -1 if run.code is None else run.code,
+                          round(run.peak_rss_mb, 1), note=run.note)
 
 
 def _reported_time(stdout: str) -> float:
@@ -160,16 +198,6 @@ def _reported_time(stdout: str) -> float:
             except (IndexError, ValueError):
                 return -1.0
     return -1.0
-
-
-def _collect(process: subprocess.Popen, budget: float, result_path: Path) -> tuple[int | None, float, str, str]:
-    """Wait under the hard limit (killing the process group past it): ``(code, rss, verdict, note)``."""
-    code, rss = _wait(process, budget + GRACE_S)
-    if code is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        code, rss = _wait(process, 5.0)
-        return code, rss, "timeout", "killed at the hard limit"
-    return code, rss, _verdict_of(result_path) if result_path.is_file() else "error", ""
 
 
 class CsvLog:
