@@ -49,6 +49,7 @@ from nlverify.bounds.relax._tangent import (
     upper_intercept,
     value_margin,
 )
+from nlverify.bounds.relax._memo import BoxMemo
 from nlverify.bounds.relax.base import LinearRelaxation, checked_alpha
 
 
@@ -60,6 +61,10 @@ class _TangentRange:
     point_lo: Tensor
     point_hi: Tensor
     default_alpha: Tensor
+
+
+# alpha-independent tangent ranges of recent boxes (BaB's alpha loop re-relaxes fixed boxes every step)
+_RANGES: BoxMemo[_TangentRange] = BoxMemo()
 
 
 class SShaped:
@@ -95,6 +100,12 @@ class SShaped:
 
     # -- the relaxation --------------------------------------------------------------------------
     def _lower_range(self, lower: Tensor, upper: Tensor) -> _TangentRange:
+        return _RANGES.get(self.name + ":lower", lower, upper, lambda: self._compute_lower_range(lower, upper))
+
+    def _upper_range(self, lower: Tensor, upper: Tensor) -> _TangentRange:
+        return _RANGES.get(self.name + ":upper", lower, upper, lambda: self._compute_upper_range(lower, upper))
+
+    def _compute_lower_range(self, lower: Tensor, upper: Tensor) -> _TangentRange:
         with torch.no_grad():
             convex = upper <= 0
             mixed = (lower < 0) & (upper > 0)
@@ -110,7 +121,7 @@ class SShaped:
             half, one = torch.full_like(lower, 0.5), torch.ones_like(lower)
             return _TangentRange(use_tangent, lower, point_hi, torch.where(convex, half, one))
 
-    def _upper_range(self, lower: Tensor, upper: Tensor) -> _TangentRange:
+    def _compute_upper_range(self, lower: Tensor, upper: Tensor) -> _TangentRange:
         with torch.no_grad():
             concave = lower >= 0
             mixed = (lower < 0) & (upper > 0)

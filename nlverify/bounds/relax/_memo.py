@@ -1,0 +1,65 @@
+"""A small value-keyed memo for pure functions of a box ``(lower, upper)``.
+
+alpha-CROWN inside branch and bound keeps every node box fixed while it optimises the alphas, so each
+iteration rebuilds the same relaxations on the same boxes. The parts of a relaxation that do not
+depend on alpha (for S-shaped functions, the range of admissible tangent points, found by a
+bisection) can be computed once and reused.
+
+Entries are keyed by the tensors' shape, dtype, device and sums, and a hit is confirmed by exact
+equality of both tensors (``torch.equal``), so a reused result is exactly the one the function would
+return: the memo changes time, never values. NaN never compares equal, so boxes with NaN always
+recompute; boxes that require grad (optimised intermediate bounds) are not memoised. Only the most recent entries are kept, within ``max_bytes`` (boxes plus results); a box
+too large for an eighth of that is not memoised at all.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import fields, is_dataclass
+from typing import Callable, Generic, TypeVar
+
+import torch
+from torch import Tensor
+
+T = TypeVar("T")
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, Tensor):
+        return value.numel() * value.element_size()
+    if is_dataclass(value):
+        return sum(_nbytes(getattr(value, f.name)) for f in fields(value))
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+class BoxMemo(Generic[T]):
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[tuple, tuple[Tensor, Tensor, T, int]] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, tag: str, lower: Tensor, upper: Tensor, compute: Callable[[], T]) -> T:
+        if lower.requires_grad or upper.requires_grad:
+            # a result may hold the box itself (a range end), so it would carry this graph's history
+            # into the next one: boxes being optimised are never memoised (nor ever equal twice)
+            return compute()
+        key = (tag, tuple(lower.shape), lower.dtype, str(lower.device), float(lower.sum()), float(upper.sum()))
+        entry = self.entries.get(key)
+        if entry is not None and torch.equal(entry[0], lower) and torch.equal(entry[1], upper):
+            self.entries.move_to_end(key)
+            self.hits += 1
+            return entry[2]
+        self.misses += 1
+        value = compute()
+        size = 2 * _nbytes(lower) + _nbytes(value)
+        if size <= self.max_bytes // 8:
+            if key in self.entries:
+                self.bytes -= self.entries.pop(key)[3]
+            self.entries[key] = (lower.clone(), upper.clone(), value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                self.bytes -= self.entries.popitem(last=False)[1][3]
+        return value
