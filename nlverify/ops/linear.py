@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -144,7 +145,11 @@ class ElementwiseAffine(LinearOp):
         return y if self.shift is None else y + self.shift
 
     def forward_abs(self, radius: Tensor) -> Tensor:
-        return radius if self.scale is None else radius * self.scale.abs()
+        out = radius if self.scale is None else radius * self.scale.abs()
+        if self.shift is None:
+            return out
+        # a broadcasting shift widens the output even where the scale does not; the radius must too
+        return out.expand(torch.broadcast_shapes(out.shape, self.shift.shape))
 
     def backward(self, coeffs: Tensor, input_shapes: Sequence[Sequence[int]]) -> list[Tensor]:
         scaled = coeffs if self.scale is None else coeffs * self.scale

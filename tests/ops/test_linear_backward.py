@@ -21,6 +21,9 @@ def _cases():
     yield "conv_transpose", ConvTransposeOp(r(2, 3, 3, 3), r(3), (2, 2), (1, 1), (1, 0), (1, 1), 1), [(1, 2, 4, 3)]
     yield "affine_broadcast", ElementwiseAffine(r(3, 1), r(4)), [(2, 3, 4)]
     yield "affine_grow", ElementwiseAffine(r(3, 4), None), [(1, 4)]
+    # a broadcasting constant shift alone widens the output (lsnc quadrotor2d_output: Sub of a (1, 4) constant)
+    yield "affine_shift_grows", ElementwiseAffine(None, r(4)), [(3, 1)]
+    yield "affine_scale_and_shift_grow", ElementwiseAffine(r(3, 1), r(1, 4)), [(1, 1)]
     yield "combination", LinearCombination([2.0, -0.5]), [(3, 4), (1, 4)]
     yield "reduce", ReduceSumOp([2], keepdims=False), [(2, 5, 3)]
     yield "reshape", ReshapeOp((6, 2)), [(3, 4)]
@@ -54,5 +57,7 @@ def test_forward_abs_is_absolute_jacobian(name, op, shapes):
     radii = [torch.rand(1, *s, dtype=D) for s in shapes]
     jacobians = torch.autograd.functional.jacobian(lambda *xs: op.forward(*xs), tuple(inputs))
     expected = sum((j.abs().reshape(j.shape[: j.dim() - r.dim()].numel(), -1) @ r.reshape(-1)) for j, r in zip(jacobians, radii))
-    got = op.forward_abs(*radii).reshape(-1)
+    got = op.forward_abs(*radii)
+    assert got.shape == op.forward(*inputs).shape
+    got = got.reshape(-1)
     torch.testing.assert_close(got, expected)
