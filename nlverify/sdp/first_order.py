@@ -135,8 +135,9 @@ def two_loop(g: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.nd
 
 
 def minimize_level(objective: LogObjective, s: np.ndarray, mu: float, max_iters: int,
-                   deadline: float, pairs: list) -> np.ndarray:
-    """L-BFGS on ``f_mu`` from ``s`` until the stopping rule of the module docstring."""
+                   deadline: float, pairs: list, window: int = 10) -> np.ndarray:
+    """L-BFGS on ``f_mu`` from ``s`` until the stopping rule of the module docstring (the value fell
+    by less than ``mu / 10`` over the last ``window`` iterations)."""
     cur = objective(s, mu)
     if cur is None:
         return s
@@ -172,7 +173,7 @@ def minimize_level(objective: LogObjective, s: np.ndarray, mu: float, max_iters:
             del pairs[:-MEMORY]
         s, f, g = s + ds, new[0], new[1]
         history.append(f)
-        if len(history) > 10 and history[-11] - f < mu / 10:
+        if len(history) > window and history[-window - 1] - f < mu / 10:
             break
     return s
 
