@@ -11,7 +11,10 @@ Pipeline (each step in its own module):
    :mod:`first_order` from there on (measurements at :data:`FIRST_ORDER_MIN_SIZE`); else
    ``SCS-CVXPY``; ``barrier`` / ``dual-scaling`` / ``lbfgs`` force one of them;
    ``SCS`` -- SCS called directly with the chordal decomposition of :mod:`scs_direct`;
-   ``SCS-CVXPY``, ``CLARABEL`` or any other cvxpy solver name -- the cvxpy model of :mod:`lipsdp`.
+   ``SCS-CVXPY``, ``CLARABEL`` or any other cvxpy solver name -- the cvxpy model of :mod:`lipsdp`;
+   ``riccati`` -- MaxMin nets only: the LMI with the sum preservation substituted exactly, L-BFGS on
+   its Riccati objective and a stage-wise float64 proof (:mod:`maxmin_bound`); ``auto`` picks it for
+   MaxMin nets from LMI size :data:`maxmin_bound.RICCATI_MIN_SIZE`.
 3. :mod:`certify` -- project multipliers, prove ``M(rho) < 0`` in float64 for the *full* weights
    and return ``sqrt(rho)`` rounded up. If the certified value exceeds the raw SDP value by more
    than ``gap_target`` (or certification fails), re-solve with 10x tighter tolerance, warm-started,
@@ -80,6 +83,17 @@ def auto_slope_solver(weights, qcs=None) -> str:
     return "LBFGS"
 
 
+def _riccati_selected(solver: str, net: LipNetwork, method: str) -> bool:
+    """``riccati`` forced, or ``auto`` on a MaxMin net with an LMI of at least
+    :data:`maxmin_bound.RICCATI_MIN_SIZE` (see :mod:`nlverify.sdp.maxmin_bound`)."""
+    from . import maxmin_bound
+    name = solver.upper()
+    if name == "RICCATI":
+        return True
+    size = min(net.weights[0].shape) + sum(net.hidden_dims)
+    return name == "AUTO" and maxmin_bound.auto_uses_riccati(net.activations, method, size)
+
+
 class _Backend:
     """One solver backend behind a common ``solve(eps, max_iters, warm_start)``."""
 
@@ -139,8 +153,8 @@ def lipschitz_bound(model: nn.Module | LipNetwork | str | Path, norm: int | str 
     ``model``: an ``nn.Sequential`` (Linear/Conv/BatchNorm(eval)/Flatten + activations), a
     :class:`LipNetwork`, or a ``.mat`` file (``activation`` picks the activation for weight files).
     ``method``: ``neuron`` | ``layer`` | ``maxmin-qc`` | ``maxmin-elim`` | ``auto``.
-    ``solver``: ``auto`` | ``barrier`` | ``dual-scaling`` | ``lbfgs`` | ``SCS`` (direct, chordal) | ``SCS-FULL`` (direct, one cone) |
-    ``SCS-CVXPY`` | ``CLARABEL`` (see the module docstring). ``time_limit``: seconds per solve
+    ``solver``: ``auto`` | ``barrier`` | ``dual-scaling`` | ``lbfgs`` | ``riccati`` (MaxMin) | ``SCS`` (direct,
+    chordal) | ``SCS-FULL`` (direct, one cone) | ``SCS-CVXPY`` | ``CLARABEL`` (see the module docstring). ``time_limit``: seconds per solve
     (the best iterate so far is certified). ``eps``: solver tolerance (the barrier starts at a
     relative gap of ``min(100 eps, 1e-3)``); tightened 10x per re-solve.
     ``norm="inf"``: l_inf -> |.| bound of one output ``output=k`` or a logit difference
@@ -156,6 +170,10 @@ def lipschitz_bound(model: nn.Module | LipNetwork | str | Path, norm: int | str 
         raise ValueError("output= is only used with norm='inf' (l2 bounds cover all outputs)")
     method = canonical_method(method)
     net, torch_model = as_network(model, input_shape, activation)
+    if _riccati_selected(solver, net, method):
+        from .maxmin_bound import riccati_lipschitz_bound
+        return riccati_lipschitz_bound(net, torch_model, method, min(10 * eps, 1e-5), max_iters, time_limit,
+                                       lower_samples, seed)
     net_n, exponent = normalized(net)
     solve_weights = [reduce_input(net_n.weights[0])] + net_n.weights[1:]
     qcs = make_qcs(net_n.activations, net_n.hidden_dims, method)

@@ -261,10 +261,13 @@ def residual_qcs(net: ResidualNetwork, method: str) -> list[LayerQC]:
 
 def residual_lipschitz_bound(net: ResidualNetwork, method: str = "neuron", eps: float = 1e-6,
                              gap_target: float = 1e-3, max_resolves: int = 3, max_iters: int | None = None,
-                             lower_samples: int = 256, seed: int = 0):
+                             lower_samples: int = 256, seed: int = 0, solver: str = "auto",
+                             time_limit: float | None = None):
     """Certified l2 Lipschitz bound of a :class:`ResidualNetwork` (valid for all biases).
 
-    Solved with SCS through cvxpy; the multipliers are projected and certified in float64 with
+    ``solver``: ``riccati`` (or ``auto`` on MaxMin nets from LMI size
+    :data:`maxmin_bound.RICCATI_MIN_SIZE`) -- :func:`maxmin_bound.residual_riccati_bound`; otherwise
+    solved with SCS through cvxpy; the multipliers are projected and certified in float64 with
     the full ``W_0`` (re-solved at 10x tighter tolerance, warm-started, while the certified bound
     is more than ``gap_target`` above the raw SDP value). Returns a
     :class:`nlverify.sdp.result.LipschitzCertificate` (``product_bound`` is
@@ -272,8 +275,14 @@ def residual_lipschitz_bound(net: ResidualNetwork, method: str = "neuron", eps: 
     """
     from .lower import sampled_lower_bound
     from .result import LipschitzCertificate, pack_multipliers
+    from . import maxmin_bound
 
     method = canonical_method(method)
+    size = min(net.embed.shape) + net.width * len(net.blocks)
+    if solver.upper() == "RICCATI" or (solver.upper() == "AUTO"
+                                       and maxmin_bound.auto_uses_riccati(net.activations, method, size)):
+        return maxmin_bound.residual_riccati_bound(net, method, min(10 * eps, 1e-5), max_iters, time_limit,
+                                                   lower_samples, seed)
     net_n, exponent = normalized_residual(net)
     qcs = residual_qcs(net_n, method)
     built = build_residual_problem(reduce_input(net_n.embed), net_n.blocks, net_n.head, qcs)
