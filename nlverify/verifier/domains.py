@@ -81,6 +81,12 @@ class DomainStore:
     def max_depth(self) -> int:
         return int(self._depth[:self._size].max()) if self._size else 0
 
+    def values(self, name: str) -> Tensor:
+        """The field ``name`` of every open domain (a view; empty before the first push)."""
+        if name not in self._fields:
+            return torch.empty(0, device=self.device)
+        return self._fields[name][:self._size]
+
     # ------------------------------------------------------------------ push / pop
     def push(self, fields: dict[str, Tensor], gap: Tensor, depth: Tensor) -> None:
         """Append ``k`` domains; every field has leading dimension ``k`` (the same names every time)."""

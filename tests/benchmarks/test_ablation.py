@@ -51,11 +51,11 @@ def seen_options(monkeypatch):
     """Replace the per-problem search by a stub that records the options it was given."""
     seen = []
 
-    def stub(model, problem, deadline, options=None):
+    def stub(model, problems, deadline, options=None):
         seen.append(options)
-        return bab_module.BabReport(status="timeout")
+        return bab_module.BabReport(status="timeout"), [False] * len(problems)
 
-    monkeypatch.setattr(bab_module, "bab_problem", stub)
+    monkeypatch.setattr(bab_module, "bab_search", stub)
     return seen
 
 

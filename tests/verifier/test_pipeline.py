@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nlverify.verifier.pipeline import (
-    PROOF_ABS_TOL, PipelineOptions, ProblemOutcome, rows_proved, verify,
+    PROOF_ABS_TOL, PipelineOptions, ProblemOutcome, alpha_stalled, rows_proved, verify,
 )
 from nlverify.verifier.result import Verdict, validate_counterexample
 from nlverify.verifier.spec import parse_vnnlib
@@ -28,6 +28,19 @@ def test_proof_margin_is_strict_and_named():
     d = torch.tensor([0.0, 0.0, 0.0, 1000.0])
     lower = torch.tensor([PROOF_ABS_TOL / 2, 1e-3, float("nan"), 1000.001])
     assert rows_proved(lower, d).tolist() == [False, True, False, False]
+
+
+def test_alpha_stall_rule():
+    rising = [-100.0, -50.0, -30.0, -20.0]
+    assert not alpha_stalled(rising, 3, 0.02)
+    flat = rising + [-19.9, -19.8, -19.75]  # +0.25 over 3 iterations, less than 2 % of 19.75
+    assert alpha_stalled(flat, 3, 0.02)
+    assert not alpha_stalled(flat, 3, 0.0)  # tolerance 0 disables the rule
+    assert not alpha_stalled(flat[:3], 3, 0.02)  # too short a history
+    assert not alpha_stalled([-float("inf")] * 5, 3, 0.02)  # no finite bound yet: never stalled
+    creeping = [-1000.0, -10.0, -0.09, -0.08, -0.07, -0.06]  # tiny but steady: stalled against the start
+    assert alpha_stalled(creeping, 3, 0.02)
+    assert not alpha_stalled([-1000.0, -10.0, -0.09, -0.08, -0.07, -0.06, 5.0], 3, 0.02)
 
 
 def test_unsat_is_proved(folder):
