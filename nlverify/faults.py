@@ -19,7 +19,7 @@ One environment variable, read once when this module is first imported::
                          the backward pass (:meth:`nlverify.bounds.crown.BackwardPropagator.lower_bound`)
 ``drop_domains[:f]``     branch and bound drops each open domain with probability f (default 0.5; a
                          fixed seed) as if it were proved, where children are pruned
-                         (:meth:`nlverify.verifier.bab._Search.push_open`)
+                         (:meth:`nlverify.verifier.search.Search.push_open`)
 =======================  ==================================================================================
 
 While any fault is active a warning goes to stderr (once per process). Unset, :data:`ACTIVE` is an empty

@@ -27,7 +27,29 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["DomainStore", "DomainStoreFull", "Popped"]
+from nlverify.verifier.pipeline import proof_margin, rows_proved
+
+__all__ = ["DomainStore", "DomainStoreFull", "Popped", "closed_domains", "domain_gap", "best_rows"]
+
+
+def closed_domains(lower: Tensor, d: Tensor) -> Tensor:
+    """``(B,)``: some row proved with the pipeline's margin, or the domain is empty (lower = +inf)."""
+    empty = torch.isinf(lower) & (lower > 0)
+    return (rows_proved(lower, d) | empty).any(1)
+
+
+def domain_gap(lower: Tensor, d: Tensor) -> Tensor:
+    """``max_i (lower_i - d_i - margin_i)``: > 0 on a closed domain; the priority of an open one (lowest
+    first). NaN rows count as unproved (a very negative finite gap, so selection stays well defined)."""
+    finite = torch.isfinite(lower)
+    gap = torch.where(finite, lower - d - proof_margin(torch.where(finite, lower, d), d), lower)
+    gap = torch.nan_to_num(gap, nan=-1e30, posinf=float("inf"), neginf=-1e30)
+    return gap.max(1).values
+
+
+def best_rows(lower: Tensor, d: Tensor) -> Tensor:
+    """Per domain the row closest to being proved (largest ``lower - d``)."""
+    return torch.nan_to_num(lower - d, nan=-float("inf")).argmax(1)
 
 
 class DomainStoreFull(RuntimeError):
