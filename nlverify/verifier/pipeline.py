@@ -24,6 +24,13 @@ slack before a row counts as proved:
 in a bound of the nets we meet; rows that pass zero but not the margin are counted in
 ``stats["near_miss_rows"]`` (never silently dropped). This is an engineering guard, not a rigorous
 floating-point proof.
+
+Bounds computed in float64 use ``1e-9 + 1e-9 relative`` instead (~10^7 float64 unit roundoffs). A float32
+model whose open problems have near-miss rows after the incomplete stages is re-verified in float64 (a
+float64 copy of the model holds exactly the same parameters; every float32 bound is discarded): some
+properties leave a slack of 1e-6 on outputs that are exactly constant (ml4acopf: ``Y_6 >= 0.300001`` on
+an output clamped to 0.3), which no float32 margin can accept. What the float64 margin does not cover is
+the gap between the real-arithmetic network and onnxruntime's float32 evaluation of it.
 """
 from __future__ import annotations
 
@@ -47,10 +54,15 @@ __all__ = ["PROOF_ABS_TOL", "PROOF_REL_TOL", "proof_margin", "Problem", "Problem
 
 PROOF_ABS_TOL = 1e-6
 PROOF_REL_TOL = 1e-5
+PROOF_ABS_TOL_FLOAT64 = 1e-9
+PROOF_REL_TOL_FLOAT64 = 1e-9
 
 
 def proof_margin(bound: Tensor, d: Tensor) -> Tensor:
-    """The slack a lower bound must exceed ``d`` by: ``PROOF_ABS_TOL + PROOF_REL_TOL * max(|b|, |d|)``."""
+    """The slack a lower bound must exceed ``d`` by: ``PROOF_ABS_TOL + PROOF_REL_TOL * max(|b|, |d|)``, or
+    the float64 tolerances when both are float64."""
+    if bound.dtype == torch.float64 and d.dtype == torch.float64:
+        return PROOF_ABS_TOL_FLOAT64 + PROOF_REL_TOL_FLOAT64 * torch.maximum(bound.abs(), d.abs())
     return PROOF_ABS_TOL + PROOF_REL_TOL * torch.maximum(bound.abs(), d.abs())
 
 
@@ -104,6 +116,7 @@ class PipelineOptions:
     alpha_stall_tolerance: float = 0.02  # than this fraction of itself over the last window iterations (0: never)
     use_alpha: bool = True
     max_rows_per_call: int = 4096  # boxes x rows per bound call (memory guard)
+    float64_near_misses: bool = True  # re-verify in float64 when float32 leaves near-miss rows open
     bab: BabFunction | None = None  # defaults to :func:`bab`
 
 
@@ -246,6 +259,18 @@ def alpha_stalled(history: list[float], window: int, tolerance: float) -> bool:
     return now - before < tolerance * max(abs(now), abs(first) / 20)
 
 
+def in_float64(model, problems: list[Problem]):
+    """A float64 copy of ``model`` and of ``problems``, with every float32 bound forgotten (best lower
+    bounds reset, stage boxes dropped): their rounding errors are only covered by the float32 margin."""
+    import copy
+
+    model64 = copy.deepcopy(model).to(dtype=torch.float64)
+    as64 = lambda t: t.to(torch.float64)  # noqa: E731
+    fresh = [Problem(p.region, p.conjunction, as64(p.lower), as64(p.upper), as64(p.C), as64(p.d),
+                     torch.full_like(as64(p.d), -math.inf)) for p in problems]
+    return model64, fresh
+
+
 def _is_proved(problem: Problem) -> bool:
     return bool(rows_proved(problem.best_lower, problem.d).any())
 
@@ -326,6 +351,18 @@ def verify_loaded(model, model_path: str, spec: Spec, clock: _Clock | float, dev
             stats["near_miss_rows"] = _near_misses(problems)
             return finish(Verdict.TIMEOUT)
     stats["near_miss_rows"] = _near_misses(problems)
+    if open_problems and dtype != torch.float64 and options.float64_near_misses and _near_misses(open_problems):
+        # rows above d but inside the float32 margin: only float64 bounds can close them
+        model, open_problems = in_float64(model, open_problems)
+        stats["float64_problems"] = len(open_problems)
+        for method in stages:
+            if not open_problems:
+                break
+            open_problems, hit = _bound_stage(model, open_problems, method, options, clock)
+            clock.lap(f"{method}-float64")
+            if hit:
+                return finish(Verdict.TIMEOUT)
+        stats["open_after_float64"] = len(open_problems)
     if not open_problems:
         return finish(Verdict.UNSAT, message="every disjunct proved by bound propagation")
     # 3. branch and bound on what is left

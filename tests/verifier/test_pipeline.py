@@ -10,7 +10,9 @@ from nlverify.verifier.pipeline import (
 )
 from nlverify.verifier.result import Verdict, validate_counterexample
 from nlverify.verifier.spec import parse_vnnlib
-from verifier_models import SAT_DISJUNCTION_SPEC, SAT_SPEC, TEST_SUITE, UNSAT_SPEC, relu_net, write
+from verifier_models import (
+    HEADER, SAT_DISJUNCTION_SPEC, SAT_SPEC, TEST_SUITE, UNSAT_SPEC, constant_net, relu_net, write,
+)
 
 pytest.importorskip("onnx")
 needs_benchmarks = pytest.mark.skipif(not (TEST_SUITE / "instances.csv").is_file(),
@@ -41,6 +43,27 @@ def test_alpha_stall_rule():
     creeping = [-1000.0, -10.0, -0.09, -0.08, -0.07, -0.06]  # tiny but steady: stalled against the start
     assert alpha_stalled(creeping, 3, 0.02)
     assert not alpha_stalled([-1000.0, -10.0, -0.09, -0.08, -0.07, -0.06, 5.0], 3, 0.02)
+
+
+def test_float64_margin_is_tighter_only_for_float64():
+    bound, d = torch.tensor([-0.3]), torch.tensor([-0.300001])
+    assert not rows_proved(bound, d)  # 1e-6 of slack is inside the float32 margin
+    assert rows_proved(bound.double(), d.double())
+    assert not rows_proved(bound.double(), d)  # mixed precision keeps the float32 margin
+
+
+def test_near_miss_rows_are_reverified_in_float64(folder):
+    """``y`` is exactly 0.3; ``y >= 0.300001`` leaves 1e-6 of slack: float32 bounds cannot accept it, the
+    float64 re-verification proves it (and only it runs in float64)."""
+    model = constant_net(folder / "constant.onnx")
+    spec = write(folder / "tight.vnnlib", HEADER + "(assert (>= Y_0 0.300001))\n")
+    plain = PipelineOptions(float64_near_misses=False, extra_attack_rounds=0, alpha_iterations=5)
+    result = verify(model, spec, timeout=30, options=plain)
+    assert result.verdict is not Verdict.UNSAT and result.stats["near_miss_rows"] == 1
+    result = verify(model, spec, timeout=30, options=PipelineOptions(extra_attack_rounds=0, alpha_iterations=5))
+    assert result.verdict is Verdict.UNSAT and result.stats["float64_problems"] == 1
+    violated = write(folder / "violated.vnnlib", HEADER + "(assert (>= Y_0 0.299999))\n")
+    assert verify(model, violated, timeout=30).verdict is Verdict.SAT
 
 
 def test_unsat_is_proved(folder):

@@ -37,6 +37,27 @@ def relu_net(path: Path) -> Path:
     return path
 
 
+def constant_net(path: Path, value: float = 0.3) -> Path:
+    """``y = relu(x0 - 5) + value``: exactly ``value`` on ``[-1, 1]^2`` (the ReLU is always off)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.array([[1.0], [0.0]], dtype=np.float32), "W")
+    shift = numpy_helper.from_array(np.array([-5.0], dtype=np.float32), "shift")
+    offset = numpy_helper.from_array(np.array([value], dtype=np.float32), "offset")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="fc"),
+             helper.make_node("Add", ["h", "shift"], ["z"], name="shift_add"),
+             helper.make_node("Relu", ["z"], ["r"], name="relu"),
+             helper.make_node("Add", ["r", "offset"], ["y"], name="offset_add")]
+    graph = helper.make_graph(nodes, "constant_output",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], [w, shift, offset])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 def softmax_net(path: Path) -> Path:
     """A model with an op the frontend rejects (Softmax)."""
     import onnx
