@@ -92,7 +92,9 @@ class Search:
     def expired(self) -> bool:
         """Called once at the top of every round: True when the deadline has passed, or when the
         previous round's duration says the next one would end after it (a round cannot be interrupted,
-        so the budget is honoured by not starting one that cannot finish)."""
+        so the budget is honoured by not starting one that cannot finish). The previous round's
+        children are all pushed or closed by now, so nothing is in flight."""
+        self.in_flight = self.in_flight[:0]
         now = time.monotonic()
         last_round = 0.0 if self._round_started is None else now - self._round_started
         self._round_started = now
