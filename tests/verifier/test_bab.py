@@ -11,7 +11,9 @@ import torch
 
 from netgen import export, make_net
 from nlverify.model import load_onnx
-from nlverify.verifier.bab import BabOptions, bab_problem, branch_and_bound, domain_gap, closed_domains
+from nlverify.verifier.bab import (
+    BabOptions, bab_problem, bab_search, branch_and_bound, closed_domains, domain_gap, search_groups,
+)
 from nlverify.verifier.pipeline import Problem
 
 GRID = 601
@@ -155,3 +157,23 @@ def test_inherited_linear_bound_holds_on_sub_boxes_and_rounds_down():
     with pytest.raises(ValueError, match="input-split bound method"):
         from nlverify.verifier.bab import bound_input_boxes
         bound_input_boxes(None, None, low, up, a, intermediate="magic")
+
+
+def test_activation_split_searches_a_regions_problems_together(tmp_path):
+    """Problems of one region share one activation-split search; each gets its own verdict, and a
+    counterexample is attached to the problem it falsifies."""
+    model = _model(tmp_path, "tanh")
+    top = _grid_max(model)
+    options = BabOptions(mode="activation", root_iterations=5)
+    problems = [_problem(top + 0.05), _problem(top - 0.05), _problem(top + 0.1)]
+    assert [sorted(g) for g in search_groups(model, problems, options)] == [[0, 1, 2]]
+    assert sorted(search_groups(model, problems, BabOptions(mode="input"))) == [[0], [1], [2]]
+    report, proved = bab_search(model, [problems[0], problems[2]], time.monotonic() + 20, options)
+    assert report.status == "proved" and proved == [True, True]
+    report, proved = bab_search(model, problems, time.monotonic() + 20, options)
+    assert report.status == "counterexample" and report.problem == 1 and not proved[1]
+    x = torch.as_tensor(report.counterexample, dtype=torch.float32).reshape(1, -1)
+    assert float(model.forward(x)[0, 0]) >= top - 0.05
+    outcomes = branch_and_bound(model, problems, time_left=20, options=options)
+    assert outcomes[1].counterexample is not None and not outcomes[1].proved
+    assert outcomes[0].counterexample is None and outcomes[2].counterexample is None
