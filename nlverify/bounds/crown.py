@@ -15,7 +15,7 @@ from torch import Tensor
 
 from nlverify.bounds.backward import BackwardPropagator, BetaTerms, RelaxationFor, SplitConstraints
 from nlverify.bounds.interval import Bounds, node_interval
-from nlverify.bounds.pairs import refine_pairs, worth_pairing
+from nlverify.bounds.pairs import refine_boxes, refine_pairs, worth_pairing
 from nlverify.bounds.relax import (
     LinearRelaxation, PlaneRelaxation, binary_relaxation, unary_relaxation,
 )
@@ -93,10 +93,16 @@ def nodes_needing_bounds(graph: Graph) -> set[str]:
 
 def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_factory,
                      propagator: BackwardPropagator, options: CrownOptions,
-                     splits: SplitConstraints | None = None) -> dict[str, Bounds]:
+                     splits: SplitConstraints | None = None, refine_after: Tensor | None = None) -> dict[str, Bounds]:
     """Boxes for every node in topological order: IBP, tightened by CROWN on nodes that feed
     nonlinearities, then restricted by the domains' split constraints.
     ``relaxation_for_factory(bounds)`` returns the relaxation callback to use.
+
+    ``refine_after`` (``(B,)`` positions in ``graph``'s node order, with ``splits``): box ``b`` runs CROWN
+    only on nodes after position ``refine_after[b]``; the others keep IBP within their split box. For
+    branch and bound, where the split boxes are the parent's refined boxes and one node's box was
+    narrowed: a CROWN pass of a node at or before that one sees the same ancestor boxes as the
+    parent's, so it cannot tighten what the parent stored (skipping it is exact, not just sound).
 
     An empty box (lower > upper after a split) marks an infeasible domain; it is clamped to the point
     ``lower`` so that relaxations stay finite, and :func:`infeasible_domains` reports it."""
@@ -106,13 +112,25 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
     }
     relaxation_for = relaxation_for_factory(bounds)
     needed = nodes_needing_bounds(graph) if options.intermediate == "crown" else set()
-    for node in graph:
+    for position, node in enumerate(graph):
         if node.kind == "input":
             continue
         low, up = node_interval(node, [bounds[i] for i in node.inputs])
-        if (node.name in needed and node.size <= options.max_crown_neurons and not getattr(node.op, "selects", False)
-                and _has_nonlinear_ancestor(propagator, node)):
+        refinable = (node.name in needed and node.size <= options.max_crown_neurons
+                     and not getattr(node.op, "selects", False) and _has_nonlinear_ancestor(propagator, node))
+        chosen = None if refine_after is None else refine_after < position  # (B,) boxes worth a pass
+        if refinable and chosen is not None and not bool(chosen.all()):
+            refinable = bool(chosen.any())
+        else:
+            chosen = None
+        if refinable:
             pairs = _neurons_to_refine(graph, node, low, up) if options.skip_exact_neurons else None
+            if chosen is not None and pairs is not None:
+                pairs = pairs & chosen.unsqueeze(1)
+            elif chosen is not None and isinstance(relaxation_for, DefaultRelaxations):
+                low, up = refine_boxes(propagator, node, chosen.nonzero().squeeze(1), low, up, bounds, relaxation_for)
+                refinable = False
+        if refinable:
             rows = None if pairs is None else pairs.any(0).nonzero().squeeze(1)
             if pairs is not None and isinstance(relaxation_for, DefaultRelaxations) and worth_pairing(pairs):
                 low, up = refine_pairs(propagator, node, pairs, low, up, bounds, relaxation_for)
@@ -199,11 +217,12 @@ def _has_nonlinear_ancestor(propagator: BackwardPropagator, node: Node) -> bool:
 
 def crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = None,
           options: CrownOptions | None = None, propagator: BackwardPropagator | None = None,
-          need_upper: bool = True, splits: SplitConstraints | None = None,
+          need_upper: bool = True, splits: SplitConstraints | None = None, refine_after: Tensor | None = None,
           ) -> tuple[Tensor, Tensor | None, dict[str, Bounds]]:
     """CROWN bounds of ``C y`` on a batch of boxes: ``(lower (B,S), upper (B,S) or None, node boxes)``.
 
     With ``splits``, boxes are restricted per domain; an infeasible domain gets lower = +inf, upper = -inf.
+    ``refine_after``: see :func:`propagate_bounds`.
     """
     options = options or CrownOptions()
     propagator = propagator or BackwardPropagator(graph)
@@ -214,7 +233,7 @@ def crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = None,
             factories.append(DefaultRelaxations(boxes))
             return factories[-1]
 
-        bounds = propagate_bounds(graph, lower, upper, factory, propagator, options, splits)
+        bounds = propagate_bounds(graph, lower, upper, factory, propagator, options, splits, refine_after)
         relax = factories[0]  # reuse the relaxations the intermediate passes already built
         coeffs = spec_coefficients(C, graph, lower.shape[0], lower)
         if need_upper:

@@ -87,3 +87,20 @@ def refine_pairs(propagator, node: Node, needed: Tensor, low: Tensor, up: Tensor
         flat_low[b, j] = torch.maximum(flat_low[b, j], both[:, 0])
         flat_up[b, j] = torch.minimum(flat_up[b, j], -both[:, 1])
     return flat_low.reshape(low.shape), flat_up.reshape(up.shape)
+
+
+def refine_boxes(propagator, node: Node, index: Tensor, low: Tensor, up: Tensor, bounds: dict,
+                 relaxation_for) -> tuple[Tensor, Tensor]:
+    """CROWN bounds of every neuron of ``node`` for the boxes ``index`` only (the others keep ``low`` /
+    ``up``), intersected into the box. Same requirement on ``relaxation_for`` as :func:`refine_pairs`."""
+    batch, n, k = low.shape[0], node.size, index.numel()
+    names = {a.name for a in propagator.ancestors(node.name)}
+    gathered = {name: (lu[0].index_select(0, index), lu[1].index_select(0, index))
+                for name, lu in bounds.items() if name in names}
+    eye = torch.eye(n, dtype=low.dtype, device=low.device).reshape(n, *node.shape)
+    coeffs = torch.cat([eye, -eye]).unsqueeze(0).expand(k, 2 * n, *node.shape)
+    both = propagator.lower_bound(node.name, coeffs, gathered, _GatheredRelaxations(relaxation_for, index, batch))
+    flat_low, flat_up = low.reshape(batch, n).clone(), up.reshape(batch, n).clone()
+    flat_low[index] = torch.maximum(flat_low[index], both[:, :n])
+    flat_up[index] = torch.minimum(flat_up[index], -both[:, n:])
+    return flat_low.reshape(low.shape), flat_up.reshape(up.shape)

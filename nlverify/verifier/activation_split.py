@@ -39,13 +39,15 @@ __all__ = ["ActivationSplitSearch", "bound_activation_domains", "refinement_cost
 def bound_activation_domains(graph: Graph, propagator, boxes: dict[str, tuple[Tensor, Tensor]], C: Tensor,
                              iterations: int,
                              learning_rate: float, alphas: dict | None = None, betas: dict | None = None,
-                             refine: bool = False, deadline: float | None = None,
+                             refine: bool = False, deadline: float | None = None, refine_after: Tensor | None = None,
                              ) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], dict]:
     """alpha/beta-CROWN with the stored node boxes fixed (IBP inside them, no CROWN re-run).
 
     ``boxes`` holds the input box (under the input node's name) and a box per split target. With
     ``refine``, one CROWN pass first re-bounds every intermediate node inside the stored boxes (so a split
-    in an early layer tightens the later layers' boxes; one backward pass per node, done once, not per
+    in an early layer tightens the later layers' boxes; with ``refine_after``, box ``b`` only re-bounds
+    the nodes after position ``refine_after[b]`` of the graph, see
+    :func:`~nlverify.bounds.crown.propagate_bounds`; one backward pass per node, done once, not per
     iteration). Returns row lower bounds ``(B, m)``, the (possibly tightened) boxes, and the parameters
     (alphas keyed ``(output, node)``, betas ``("beta", node)``)."""
     name = graph.input_name
@@ -55,7 +57,7 @@ def bound_activation_domains(graph: Graph, propagator, boxes: dict[str, tuple[Te
     crown_lb = None
     if refine:
         crown_lb, _, refined = crown(graph, input_box[0], input_box[1], C, CrownOptions(), propagator,
-                                     need_upper=False, splits=splits)
+                                     need_upper=False, splits=splits, refine_after=refine_after)
         inner = {t: (torch.maximum(refined[t][0], l), torch.minimum(refined[t][1], u)) for t, (l, u) in inner.items()}
         splits = SplitConstraints({t: lu[0] for t, lu in inner.items()}, {t: lu[1] for t, lu in inner.items()})
     options = AlphaOptions(iterations=iterations, learning_rate=learning_rate, optimize_intermediate=False,
@@ -120,6 +122,8 @@ class ActivationSplitSearch(Search):
         g = self.graph
         self.targets = split_targets(g)
         self.refine = _refine_intermediate(g, o)
+        order = {node.name: i for i, node in enumerate(g)}
+        self.positions = torch.tensor([order[t] for t in self.targets], device=self.Cs.device)
         names = [n.name for n in g.nonlinear_nodes()] + [g.input_name]
         boxes = self.root_boxes()
         problem = torch.arange(len(self.problems), device=self.Cs.device)
@@ -155,9 +159,12 @@ class ActivationSplitSearch(Search):
             child_boxes = self._split_boxes(boxes, decision)
             parent = torch.arange(2 * k, device=input_low.device) % k
             alphas, betas = self._warm_start(f, parent) if o.warm_start else (None, None)
+            # a child's boxes are its parent's refined ones plus one split: only nodes after the split
+            # node can tighten
+            split_position = self.positions[decision.target.clamp(min=0)]
             lb, child_boxes, params = bound_activation_domains(
                 g, self.propagator, child_boxes, self.Cs[problem[parent]], o.iterations, o.learning_rate, alphas,
-                betas, refine=self.refine, deadline=self.deadline)
+                betas, refine=self.refine, deadline=self.deadline, refine_after=split_position[parent])
             lb = torch.maximum(lb, f["lb"][parent])
             depth = batch.depth[parent] + 1
             self.report.max_depth = max(self.report.max_depth, int(depth.max()))

@@ -78,3 +78,51 @@ def test_worth_pairing_needs_sparse_scattered_pairs():
     assert pairs.worth_pairing(mask)
     assert not pairs.worth_pairing(torch.ones(8, 10, dtype=torch.bool))  # dense: rows are cheaper
     assert not pairs.worth_pairing(mask[:1])  # one box: nothing to gain
+
+
+@pytest.mark.parametrize("activation,architecture", [("sigmoid", "mlp"), ("tanh", "residual")])
+def test_refine_after_refines_exactly_the_later_nodes_of_each_box(tmp_path, activation, architecture):
+    """``refine_after[b]``: box ``b`` gets CROWN on the nodes after that position and IBP on the others;
+    each box equals the run where every box has its setting."""
+    model, lower, upper = _model(tmp_path, activation, architecture)
+    g, propagator = model.graph, model.propagator
+    nodes = list(g)
+    middle = len(nodes) // 2
+    everywhere = propagate_bounds(g, lower, upper, DefaultRelaxations, propagator, CrownOptions(),
+                                  refine_after=torch.full((40,), -1))
+    dense = propagate_bounds(g, lower, upper, DefaultRelaxations, propagator, CrownOptions())
+    late = propagate_bounds(g, lower, upper, DefaultRelaxations, propagator, CrownOptions(),
+                            refine_after=torch.full((40,), middle))
+    mixed_after = torch.where(torch.arange(40) % 2 == 0, -1, middle)
+    mixed = propagate_bounds(g, lower, upper, DefaultRelaxations, propagator, CrownOptions(), refine_after=mixed_after)
+    even, odd = torch.arange(0, 40, 2), torch.arange(1, 40, 2)
+    for position, node in enumerate(nodes):
+        for which in (0, 1):
+            torch.testing.assert_close(everywhere[node.name][which], dense[node.name][which], rtol=0, atol=0)
+            torch.testing.assert_close(mixed[node.name][which][even], dense[node.name][which][even],
+                                       rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(mixed[node.name][which][odd], late[node.name][which][odd],
+                                       rtol=1e-12, atol=1e-12)
+        if position <= middle and node.kind != "input":  # no CROWN pass here: plain IBP of the inputs' boxes
+            ibp = node_interval(node, [late[i] for i in node.inputs])
+            assert torch.equal(late[node.name][0], ibp[0]) and torch.equal(late[node.name][1], ibp[1])
+    tighter = [n.name for n in nodes[middle + 1:] if (mixed[n.name][0][even] > late[n.name][0][even] + 1e-9).any()]
+    assert tighter, "the refined boxes never beat the late-only run"
+
+
+@pytest.mark.parametrize("activation,architecture", [("relu", "mlp"), ("relu", "residual")])
+def test_refine_after_with_exact_neurons_is_sound(tmp_path, activation, architecture):
+    """ReLU skips stable neurons (pairs), so boxes may differ from the dense run; they must still contain
+    every sampled value and be no looser than IBP."""
+    model, lower, upper = _model(tmp_path, activation, architecture)
+    g = model.graph
+    after = torch.where(torch.arange(40) % 2 == 0, -1, len(list(g)) // 2)
+    mixed = propagate_bounds(g, lower, upper, DefaultRelaxations, model.propagator, CrownOptions(), refine_after=after)
+    ibp = propagate_bounds(g, lower, upper, DefaultRelaxations, model.propagator, CrownOptions(intermediate="ibp"))
+    t = torch.rand(256, *lower.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    values = g.run((lower + t * (upper - lower)).reshape(-1, lower.shape[1]))
+    for name, (low, up) in mixed.items():
+        if name in values:
+            v = values[name].reshape(256, *low.shape)
+            assert (v >= low - 1e-9).all() and (v <= up + 1e-9).all(), name
+        assert (low >= ibp[name][0] - 1e-9).all() and (up <= ibp[name][1] + 1e-9).all(), name
