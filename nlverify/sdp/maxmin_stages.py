@@ -188,8 +188,30 @@ class RiccatiValue:
     gradient: np.ndarray
 
 
-def riccati_value(stages: Sequence[Stage], output: np.ndarray, t: np.ndarray, mu: float) -> RiccatiValue | None:
-    """Value and gradient of ``f_mu`` (``mu = 0``: ``rho`` and a subgradient); None off the domain."""
+def barrier_gradient(stages: Sequence[Stage], factors: Sequence[StageFactor]) -> tuple[float, np.ndarray]:
+    """``phi = sum_k log det G_k`` and its gradient w.r.t. ``t`` (adjoint pass, module docstring of
+    :mod:`maxmin_lbfgs`): with ``K = G^{-1} N`` and ``Lambda_0 = 0``, forwards,
+    ``d phi / d t_k = diag(G_k^{-1}) + diag(K Lambda_{k-1} (C - K)^T)``,
+    ``Lambda_k = (A + D^T K) Lambda_{k-1} (A + D^T K)^T - D^T G_k^{-1} D``."""
+    lam = np.zeros((stages[0].a.shape[1],) * 2)
+    value, grads = 0.0, []
+    for stage, factor in zip(stages, factors):
+        if stage.d is None:
+            lam = stage.a @ lam @ stage.a.T
+            continue
+        value += 2.0 * float(np.sum(np.log(np.diag(factor.chol))))
+        g_inv = scipy.linalg.cho_solve((factor.chol, True), np.eye(stage.pairs), check_finite=False)
+        k = scipy.linalg.cho_solve((factor.chol, True), factor.n, check_finite=False)
+        grads.append(np.diag(g_inv) + np.sum((k @ lam) * (stage.c - k), axis=1))
+        closed = stage.a + stage.d.T @ k
+        lam = closed @ lam @ closed.T - stage.d.T @ g_inv @ stage.d
+    return value, np.concatenate(grads)
+
+
+def riccati_value(stages: Sequence[Stage], output: np.ndarray, t: np.ndarray, mu: float,
+                  nu: float = 0.0) -> RiccatiValue | None:
+    """Value and gradient of ``f_mu - nu phi`` (``phi`` of :func:`barrier_gradient`; ``mu = nu = 0``:
+    ``rho`` and a subgradient); ``rho`` is always the exact ``lambda_max``. None off the domain."""
     if not np.all(t > 0):
         return None
     back = backward_pass(stages, output, t)
@@ -218,7 +240,11 @@ def riccati_value(stages: Sequence[Stage], output: np.ndarray, t: np.ndarray, mu
         r = scipy.linalg.cho_solve((factor.chol, True), factor.n @ p, check_finite=False)
         grads.append((r * (stage.c @ p - r)) @ w)
         p = stage.a @ p + stage.d.T @ r
-    return RiccatiValue(top, smoothed, np.concatenate(grads))
+    gradient = np.concatenate(grads)
+    if nu > 0:
+        phi, dphi = barrier_gradient(stages, factors)
+        smoothed, gradient = smoothed - nu * phi, gradient - nu * dphi
+    return RiccatiValue(top, smoothed, gradient)
 
 
 def feasible_multipliers(stages: Sequence[Stage], output: np.ndarray, factor: float = 2.0) -> np.ndarray:
