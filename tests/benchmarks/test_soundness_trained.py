@@ -20,8 +20,9 @@ from nlverify.benchmarks.soundness.vnnlib_io import read_property
 
 # A token attack: 60 training steps do not hide x* from a real one; hiding is measured by the suite runs.
 TOKEN_BUDGET = AttackBudget(restarts=4, steps=2, random_samples=16, corner_samples=16, max_all_corners=0)
-# short training, no early stop: the tests check the mechanics, not the hiding rate
-FAST = TrainingConfig(max_steps=60, min_steps=10_000)
+# short training, no early stop: the tests check the mechanics, not the hiding rate; the wide, soft pit
+# of the first version (r = 0.1 half-widths, anchor sharpness 1) survives the token attack after 60 steps
+FAST = TrainingConfig(max_steps=60, min_steps=10_000, exclusion=0.1, pit_volume=1.0, anchor_sharpness=1.0)
 MLP = InstanceConfig("mlp", (4,), (8, 8), 0.05)
 CNN = InstanceConfig("cnn", (1, 4, 4), (8, 8), 0.05)
 
@@ -108,3 +109,42 @@ def test_trained_suite_key_records_the_training(tmp_path):
 def test_unknown_planting_is_refused(tmp_path):
     with pytest.raises(ValueError, match="planting"):
         generate_suite(tmp_path / "s", tmp_path / "k", activations=["relu"], size="tiny", planting="grown")
+
+
+def _constant_net(gap: float) -> CentredNet:
+    """A 4-input MLP whose output is constant: ``y_0 - y_k = gap`` for k = 1, 2 (label 0)."""
+    from nlverify.benchmarks.soundness.models import MLPWeights
+
+    out_bias = np.array([gap, 0.0, 0.0])
+    weights = MLPWeights("relu", [(np.zeros((4, 4)), np.zeros(4))], (np.zeros((CLASSES, 4)), out_bias))
+    return CentredNet(weights, np.full(4, 0.5), 0.05)
+
+
+def test_pit_radius_shrinks_with_the_input_dimension():
+    config = TrainingConfig()
+    assert config.exclusion_for(4) ** 4 <= config.pit_volume * (1 + 1e-9)
+    assert config.exclusion_for(16) == config.exclusion
+    assert config.exclusion_for(4) < config.exclusion_for(8) <= config.exclusion
+
+
+@pytest.mark.parametrize("gap, found, mined", [(-0.01, True, True), (0.02, True, True), (0.2, False, True),
+                                                (1.0, False, False)])
+def test_probe_reports_near_misses_and_mines_weak_points(gap, found, mined):
+    from nlverify.benchmarks.soundness.trained import probe
+
+    config = TrainingConfig(probe_restarts=8, probe_steps=2, probe_samples=32)
+    lo, hi = torch.full((1, 4), 0.45), torch.full((1, 4), 0.55)
+    hit, hard = probe(_constant_net(gap), lo, hi, 0, config, torch.Generator().manual_seed(0))
+    assert hit is found  # a violation above -hidden_margin counts as found
+    assert (len(hard) > 0) is mined and len(hard) <= config.pool_size // 2
+    assert bool(((hard >= lo) & (hard <= hi)).all())
+
+
+@pytest.mark.parametrize("gap, stops", [(0.02, False), (0.2, True)])
+def test_stopping_rule_wants_a_safety_margin(gap, stops):
+    from nlverify.benchmarks.soundness.trained import _stopping_rule
+
+    # a decoy (x* must not violate): no violation anywhere, but a margin of 0.02 is within hidden_margin
+    lo, hi = torch.full((1, 4), 0.45), torch.full((1, 4), 0.55)
+    stop, _ = _stopping_rule(_constant_net(gap), lo, hi, 0, torch.full((1, 4), 0.5), False, TrainingConfig(), 1)
+    assert stop is stops

@@ -13,10 +13,11 @@ sum over boxes is the same objective summed.)
 
 **Objective.** With ``m(x) = y_c(x) - max_{k != c} y_k(x)`` (robust iff ``m > 0``
 on ``B``), target class ``j != c``, the exclusion ball
-``E = {x : ||x - x*||_inf < r eps}`` (``r`` = :attr:`TrainingConfig.exclusion`)
+``E = {x : ||x - x*||_inf < r eps}`` (``r``: see "Size of the pit")
 and the shell ``S = {r eps <= ||x - x*||_inf < 3 r eps}``::
 
     L(theta) = mean_{x' in P} relu(kappa(x') - m(x'))      robustness where attacks go
+             + mean_{x' in M} relu(kappa(x') - m(x'))      robustness where the probes found weak spots
              + mean_{x' in U \ S} relu(m(x') - kappa_max)   no large margin away from x* (the wall stands out)
              + w * relu(lambda - (y_j(x*) - y_c(x*)))      the planted hinge (planted)
              + w * relu((y_c(x*) - y_j(x*)) - gamma)       the near miss (decoy)
@@ -26,7 +27,11 @@ with ``kappa(x') = kappa_wall`` on ``S`` and ``kappa`` elsewhere
 (ascending ``-m``, signed steps, projected on ``B``) started from the box
 centre, uniform points, random corners and points of ``S``; a point that PGD
 carries into ``E`` is pushed radially back onto ``E``'s surface before it enters
-the loss. ``U`` are fresh uniform points of ``B``. Why each term: the hinge alone
+the loss. ``M`` is the *mined pool*: up to ``pool_size`` points (newest first) that the periodic
+probes (see the schedule) found with violation above ``-kappa``, each refined by ``pool_pgd_steps``
+small PGD steps before it enters the loss (and pushed out of ``E`` like ``P``); it weighs as much
+as all of ``P`` together, so that rare weak spots a few random starts would not revisit are trained
+until they are gone. ``U`` are fresh uniform points of ``B``. Why each term: the hinge alone
 makes a broad dip that every gradient attack slides into. Robustness at the PGD
 end points (adversarial training) removes violations wherever attacks go; the
 pushed-back points confine the violation to ``E``; and ``kappa_wall > kappa_max``
@@ -38,6 +43,13 @@ instance is trained identically, except that the hinge pulls ``x*`` down to a
 small positive margin ``gamma`` instead of over the boundary: a planted and a
 clean network differ in one sign, not in their training signature.
 
+**Size of the pit.** ``r = min(exclusion, pit_volume ** (1 / n))`` for an ``n``-dimensional input
+(:meth:`TrainingConfig.exclusion_for`): ``E`` covers at most ``pit_volume`` (1e-7) of the box, so
+the attack's 100 000 uniform samples land in it with probability ~1 % -- with one ``r`` for all
+sizes, a 4-input pit was a 1e-4 fraction of the box and random sampling found it. In the spirit of
+SoundnessBench's tiny perturbation regions around its counterexamples, ``E`` is small relative to
+``B`` (at most 5 % of the half-width), and its edge is where the certified ball starts its search.
+
 **Parametrisation and initialisation.** The first dense layer reads
 ``(h(x) - h(x0)) / eps`` (``h`` = the input for an MLP, the activated conv
 features for a CNN), so the box is ``[-1, 1]^n`` to the optimiser. The centring
@@ -46,21 +58,35 @@ exact, no extra op in the ONNX file. A CNN's conv layer stays at its initial
 scale (a near-linear feature map on the small box); its per-pixel offsets
 ``h(x0)`` are what the fold absorbs. Initial weights come from
 :func:`.generate.random_base`; then a random half of the first dense layer's
-units is *anchored* (:func:`anchor_units`): rows rescaled to L1 norm ``1 / r``
+units is *anchored* (:func:`anchor_units`): rows rescaled to L1 norm ``anchor_sharpness / r``
 and biases set so that their hyperplanes pass within ``r / 2`` of ``x*`` --
 gradient descent starts with kinks / transitions where the pit must be carved
-(without this, 600 steps of training left violations all over the box).
+(without this, 600 steps of training left violations all over the box); with sharpness 4 a
+sigmoid unit goes through most of its transition across ``E`` (with 1 it was near-linear there,
+and the dip spread into ``S``). A CNN's conv is evaluated in training as the dense matrix of its
+responses to the unit images (the same function; a batch of a few hundred 4x4 images through one
+matmul is several times faster than ``conv2d``).
 
 **Schedule.** Adam, learning rate ``lr`` decayed geometrically to
 ``lr * lr_decay`` over :attr:`TrainingConfig.max_steps`; every step draws fresh
-PGD starts (``pgd_steps`` steps of ``pgd_step`` half-widths for box starts and
-``pgd_step * r`` for rim starts). Initial weights: :func:`.generate.random_base`.
+PGD starts: the centre, ``box_starts`` uniform points and ``corner_starts`` random corners
+(``pgd_steps`` steps, the step sizes ``pgd_step_sizes`` half-widths cycled over the starts, as the
+attack splits its restarts over step sizes) and ``rim_starts`` points of ``S`` (steps of
+``pgd_step * r`` half-widths). Every ``check_every`` steps a *probe* (:func:`probe`: 4096 uniform
+points, 256 random corners, ``probe_restarts`` PGD runs of ``probe_steps`` steps with the attack's
+four step sizes) searches the current network; its points with violation above ``-kappa`` join the
+pool ``M`` (counterexample-guided adversarial training: the training defeats what the attack's
+own starts find, not only what its short inner PGD finds).
 
-**Stopping rule.** From ``min_steps`` on, every ``check_every`` steps: stop when
-the float32 margin at ``x*`` is at least ``lambda / 2`` (planted; decoys: the
-margin at ``x*`` is positive) and a quick attack (:data:`CHECK_BUDGET`, a small
-:class:`.attack.AttackBudget`) finds no violation anywhere in ``B``. Otherwise stop
-at ``max_steps``. Either way the instance then goes through exactly the checks of
+**Stopping rule.** From ``min_steps`` on, at a probe: when the probe reached no violation above
+``-delta`` (``delta`` = ``hidden_margin``), the float32 margin at ``x*`` is at least ``lambda / 2``
+(planted; decoys: the margin at ``x*`` is positive), and the check attack (:data:`CHECK_BUDGET`:
+the full default :class:`.attack.AttackBudget`, on the exported float32 network, with the
+training's own seed, not the suite's) neither finds a violation nor gets within ``delta`` of one,
+training stops; a point the check attack found joins the pool. Otherwise stop at ``max_steps``.
+The ``delta`` matters: without it, networks that the check attack missed by a hair were found by
+the suite's attack from other random starts (measured: final violations of 0.002-0.01).
+ Either way the instance then goes through exactly the checks of
 a constructive plant (:mod:`.check`, the onnxruntime margin, the VNN-LIB box
 read-back) and the full hiddenness attack of :mod:`.attack`; a planted network
 that fails any of them is discarded by the suite writer and retrained from the
@@ -83,8 +109,7 @@ from .models import CNNWeights, MLPWeights, build_model, make_activation
 
 __all__ = ["TrainingConfig", "CHECK_BUDGET", "CentredNet", "train_network", "build_trained_instance"]
 
-CHECK_BUDGET = AttackBudget(restarts=256, steps=200, step_sizes=(0.05, 0.01, 0.002), losses=("margin",),
-                            random_samples=4096, corner_samples=256)
+CHECK_BUDGET = AttackBudget()  # the stopping rule's attack: the full budget, the training's own seed
 
 Weights = Union[MLPWeights, CNNWeights]
 
@@ -93,29 +118,42 @@ Weights = Union[MLPWeights, CNNWeights]
 class TrainingConfig:
     """Hyper-parameters of the trained planting (recorded in the answer key)."""
 
-    max_steps: int = 600
-    min_steps: int = 300
+    max_steps: int = 800
+    min_steps: int = 200
     check_every: int = 100
     lr: float = 2e-2
     lr_decay: float = 0.1  # the learning rate at max_steps, relative to lr
     robust_margin: float = 0.3  # kappa
     wall_margin: float = 1.0  # kappa_wall, on the shell r <= ||x - x*||_inf / eps < 3 r
     cap_margin: float = 0.6  # kappa_max: the margin at uniform points off the shell is pulled below it
-    cap_points: int = 64
+    cap_points: int = 256
     plant_margin: float = 0.1  # lambda
     decoy_margin: float = 0.1  # gamma
     plant_weight: float = 1.0  # w
-    exclusion: float = 0.1  # r, in box half-widths
-    pgd_steps: int = 8
-    pgd_step: float = 0.25  # in half-widths (box starts); rim starts use pgd_step * exclusion
-    box_starts: int = 48
-    corner_starts: int = 16
+    exclusion: float = 0.05  # the largest r, in box half-widths
+    pit_volume: float = 1e-7  # r <= pit_volume ** (1 / n): E is at most this fraction of the box
+    pgd_steps: int = 6
+    pool_pgd_steps: int = 2  # mined points are already hard: a couple of small steps keep them current
+    pgd_step_sizes: tuple[float, ...] = (0.25, 0.05, 0.01)  # in half-widths, cycled over the box starts
+    pgd_step: float = 0.25  # rim starts use pgd_step * r half-widths
+    box_starts: int = 128
+    corner_starts: int = 32
     rim_starts: int = 32
+    pool_size: int = 256  # hard points kept from the probes (FIFO)
+    hidden_margin: float = 0.05  # delta: probes and the check attack must not reach a violation above -delta
+    probe_restarts: int = 512
+    probe_steps: int = 100
+    probe_samples: int = 4096
     anchored: float = 0.5  # fraction of first-dense-layer units initialised with their kink / centre near x*
-    anchor_sharpness: float = 1.0  # their weight rows rescaled to L1 norm sharpness / exclusion (smooth activations)
+    anchor_sharpness: float = 4.0  # their weight rows rescaled to L1 norm sharpness / r
+
+    def exclusion_for(self, n: int) -> float:
+        """``r`` for an ``n``-dimensional input: ``min(exclusion, pit_volume ** (1 / n))``."""
+        return float(min(self.exclusion, self.pit_volume ** (1.0 / n)))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as JSON writes them back (tuples as lists), so a key entry compares equal."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 class CentredNet(nn.Module):
@@ -154,7 +192,15 @@ class CentredNet(nn.Module):
         """``h(x)``: the first dense layer's input, flat."""
         if self.conv is None:
             return x.reshape(x.shape[0], -1)
-        return self.conv_act(self.conv(x)).reshape(x.shape[0], -1)
+        # the conv as the dense matrix of its responses to the unit images: the same function, and on
+        # these 4x4 inputs a large batch through one matmul is several times faster than conv2d
+        n = x[0].numel()
+        basis = torch.eye(n, dtype=x.dtype).reshape(n, *self.input_shape)
+        columns = nn.functional.conv2d(basis, self.conv.weight, None, 1, 1).reshape(n, -1)
+        pixels = columns.shape[1] // self.conv.out_channels
+        pre = x.reshape(x.shape[0], -1) @ columns + self.conv.bias.repeat_interleave(pixels)
+        return self.conv_act(pre.reshape(x.shape[0], self.conv.out_channels, *self.input_shape[1:])).reshape(
+            x.shape[0], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(-1, *self.input_shape)
@@ -222,20 +268,21 @@ def pgd(model: nn.Module, starts: torch.Tensor, step: torch.Tensor, lo: torch.Te
     return x.detach()
 
 
-def anchor_units(model: CentredNet, star: torch.Tensor, config: TrainingConfig, gen: torch.Generator) -> None:
+def anchor_units(model: CentredNet, star: torch.Tensor, exclusion: float, config: TrainingConfig,
+                 gen: torch.Generator) -> None:
     """Data-dependent initialisation: a random ``anchored`` fraction of the first dense layer's units get
     the bias that puts their hyperplane within ``exclusion / 2`` of ``x*`` (in the centred coordinates),
     so that gradient descent starts with kinks (ReLU family) or transitions (smooth activations) where
-    the counterexample must be carved; for sigmoid, tanh and sin their rows are also rescaled so the
-    transition is about ``exclusion`` wide."""
+    the counterexample must be carved; their rows are rescaled so the transition is about
+    ``exclusion`` wide."""
     layer = model.dense[0]
     with torch.no_grad():
         h_star = (model.features(star.reshape(model.x0.shape)) - model.features(model.x0))[0] / model.eps
         units = layer.weight.shape[0]
         chosen = torch.randperm(units, generator=gen)[: int(round(config.anchored * units))]
         rows = layer.weight[chosen]
-        rows = rows * (config.anchor_sharpness / (config.exclusion * rows.abs().sum(dim=1, keepdim=True)))
-        jitter = (torch.rand(len(chosen), generator=gen) - 0.5) * config.exclusion * rows.abs().sum(dim=1)
+        rows = rows * (config.anchor_sharpness / (exclusion * rows.abs().sum(dim=1, keepdim=True)))
+        jitter = (torch.rand(len(chosen), generator=gen) - 0.5) * exclusion * rows.abs().sum(dim=1)
         layer.weight[chosen] = rows
         layer.bias[chosen] = -(rows @ h_star) + jitter
 
@@ -244,28 +291,57 @@ def _lr_at(config: TrainingConfig, step: int) -> float:
     return config.lr * config.lr_decay ** (step / max(1, config.max_steps))
 
 
+def cycled_steps(count: int, sizes: tuple[float, ...], half: torch.Tensor) -> torch.Tensor:
+    """Per-row PGD step vectors: row ``i`` steps ``sizes[i mod len(sizes)]`` half-widths."""
+    fractions = torch.as_tensor(sizes, dtype=torch.float32)[torch.arange(count) % len(sizes)]
+    return fractions[:, None] * half
+
+
+def probe(model: nn.Module, lo: torch.Tensor, hi: torch.Tensor, label: int, config: TrainingConfig,
+          gen: torch.Generator) -> tuple[bool, torch.Tensor]:
+    """A cheap copy of the hiddenness attack's search, used to *mine* training points: uniform points,
+    random corners, and PGD end points (the attack's step sizes, ``probe_steps`` steps). Returns whether
+    any of them violates, and those with violation above ``-kappa`` (worst first, at most
+    ``pool_size / 2``)."""
+    n = lo.shape[1]
+    uniform = lo + (hi - lo) * torch.rand((config.probe_samples, n), generator=gen)
+    corners = lo + (hi - lo) * (torch.rand((256, n), generator=gen) < 0.5).float()
+    starts = lo + (hi - lo) * torch.rand((config.probe_restarts, n), generator=gen)
+    step = cycled_steps(config.probe_restarts, (0.2, 0.05, 0.01, 0.002), (hi - lo) / 2)
+    ends = pgd(model, starts, step, lo, hi, label, config.probe_steps)
+    points = torch.cat([uniform, corners, ends])
+    with torch.no_grad():
+        v = violation(model(points), label)
+    hard = v > -config.robust_margin
+    order = torch.argsort(v[hard], descending=True)[: config.pool_size // 2]
+    return bool((v >= -config.hidden_margin).any()), points[hard][order]
+
+
 def train_network(init: Weights, x0: np.ndarray, eps: float, lower: np.ndarray, upper: np.ndarray,
                   label: int, target: int, x_star: np.ndarray, planted: bool, seed: int,
                   config: TrainingConfig = TrainingConfig()) -> tuple[Weights, dict]:
     """Train ``init`` by the objective of the module doc; returns the exported weights and a report
-    (steps run, whether the stopping rule fired, the final margin at ``x*``, seconds)."""
+    (steps run, whether the stopping rule fired, the final margin at ``x*``, probes, seconds)."""
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     model = CentredNet(init, x0, eps)
-    if config.anchored > 0:
-        anchor_units(model, torch.as_tensor(np.asarray(x_star, dtype=np.float32))[None], config, gen)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     lo = torch.as_tensor(np.asarray(lower, dtype=np.float32))[None]
     hi = torch.as_tensor(np.asarray(upper, dtype=np.float32))[None]
     half = (hi - lo) / 2
     centre = (lo + hi) / 2
     star = torch.as_tensor(np.asarray(x_star, dtype=np.float32))[None]
-    exclusion = config.exclusion * half
     n = star.shape[1]
-    box_steps = torch.full((1 + config.box_starts + config.corner_starts, 1), config.pgd_step) * half
-    rim_steps = torch.full((config.rim_starts, 1), config.pgd_step) * exclusion
-    steps = torch.cat([box_steps, rim_steps])
-    report = {"steps": 0, "stopped_early": False}
+    r = config.exclusion_for(n)
+    exclusion = r * half
+    if config.anchored > 0:
+        anchor_units(model, star, r, config, gen)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    box_count = 1 + config.box_starts + config.corner_starts
+    steps = torch.cat([cycled_steps(box_count, config.pgd_step_sizes, half),
+                       torch.full((config.rim_starts, 1), config.pgd_step) * exclusion])
+    pool = torch.empty((0, n))
+    pool_step = min(config.pgd_step_sizes) * half
+    report = {"steps": 0, "stopped_early": False, "exclusion": r, "probes": 0, "probes_found": 0, "checks": 0}
     for step in range(1, config.max_steps + 1):
         for group in optimiser.param_groups:
             group["lr"] = _lr_at(config, step)
@@ -277,22 +353,37 @@ def train_network(init: Weights, x0: np.ndarray, eps: float, lower: np.ndarray, 
         near = ((points - star) / exclusion).abs().amax(dim=1) < 3
         kappa = torch.where(near, config.wall_margin, config.robust_margin)
         robust = torch.relu(kappa + violation(y_points, label)).mean()
+        if len(pool):  # the mined points, refined by a few small steps, weigh as much as the fresh ones
+            mined = push_out(pgd(model, pool, pool_step, lo, hi, label, config.pool_pgd_steps), star, exclusion)
+            near = ((mined - star) / exclusion).abs().amax(dim=1) < 3
+            kappa = torch.where(near, config.wall_margin, config.robust_margin)
+            robust = robust + torch.relu(kappa + violation(model(mined), label)).mean()
         uniform = lo + (hi - lo) * torch.rand((config.cap_points, n), generator=gen)
         far = ((uniform - star) / exclusion).abs().amax(dim=1) >= 3
         cap = (torch.relu(-violation(model(uniform), label) - config.cap_margin) * far).mean()
-        robust = robust + cap
         gap = y_star[target] - y_star[label]  # > 0: x* violates
         hinge = (torch.relu(config.plant_margin - gap) if planted
                  else torch.relu(-gap - config.decoy_margin))
-        loss = robust + config.plant_weight * hinge
+        loss = robust + cap + config.plant_weight * hinge
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         report["steps"] = step
-        if step >= config.min_steps and step % config.check_every == 0:
-            if _stopping_rule(model, lo, hi, label, star, planted, config, seed + step):
-                report["stopped_early"] = step < config.max_steps
-                break
+        if step % config.check_every:
+            continue
+        found, hard = probe(model, lo, hi, label, config, gen)
+        report["probes"] += 1
+        report["probes_found"] += found
+        pool = torch.cat([hard, pool])[: config.pool_size]
+        if found or step < config.min_steps:
+            continue
+        report["checks"] += 1
+        hidden, witness = _stopping_rule(model, lo, hi, label, star, planted, config, seed + step)
+        if hidden:
+            report["stopped_early"] = step < config.max_steps
+            break
+        if witness is not None:
+            pool = torch.cat([witness, pool])[: config.pool_size]
     with torch.no_grad():
         y_star = model(star)[0]
         report["gap_at_x_star"] = round(float(y_star[target] - y_star[label]), 6)
@@ -302,16 +393,20 @@ def train_network(init: Weights, x0: np.ndarray, eps: float, lower: np.ndarray, 
 
 
 def _stopping_rule(model: CentredNet, lo: torch.Tensor, hi: torch.Tensor, label: int, star: torch.Tensor,
-                   planted: bool, config: TrainingConfig, seed: int) -> bool:
-    """True when ``x*`` is where it should be and the quick attack (:data:`CHECK_BUDGET`) finds nothing."""
+                   planted: bool, config: TrainingConfig, seed: int) -> tuple[bool, torch.Tensor | None]:
+    """``(stop, witness)``: stop when ``x*`` is where it should be and the check attack
+    (:data:`CHECK_BUDGET`, on the exported float32 network, its own seed) finds nothing; ``witness`` is
+    the violating point it found, if any (a training point from then on)."""
     with torch.no_grad():
         margin = float(violation(model(star), label)[0])
     if (planted and margin < config.plant_margin / 2) or (not planted and margin >= 0):
-        return False
+        return False, None
     exported = build_model(model.to_weights(), torch.float32)
     attack = hiddenness_attack(exported, lo[0].numpy(), hi[0].numpy(), label, model.input_shape, CHECK_BUDGET,
                                seed=seed % (2 ** 31))
-    return not attack.found
+    if not attack.found and attack.margin < -config.hidden_margin:
+        return True, None
+    return False, None if attack.x is None else torch.as_tensor(attack.x, dtype=torch.float32)[None]
 
 
 def build_trained_instance(config, activation: str, seed: int, training: TrainingConfig = TrainingConfig()):
@@ -333,7 +428,7 @@ def build_trained_instance(config, activation: str, seed: int, training: Trainin
                                     training_seed, training)
     model64 = build_model(weights, torch.float64)
     margin64, radius = certify_plant(model64, config.input_shape, x_star, lower, upper, label, target, CLASSES,
-                                     config.planted, training.exclusion * config.eps)
+                                     config.planted, training.exclusion_for(n) * config.eps)
     prop = RobustnessProperty(lower, upper, label, CLASSES)
     tau = training.plant_margin if config.planted else -training.decoy_margin
     info = {"tau": tau, "training_report": report,
