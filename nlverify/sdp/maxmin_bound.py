@@ -121,3 +121,27 @@ RICCATI_MIN_SIZE = 64
 
 def auto_uses_riccati(activations: Sequence[ActivationSpec], method: str, lmi_size: int) -> bool:
     return supports(activations, method) and lmi_size >= RICCATI_MIN_SIZE
+
+
+def verify_riccati_certificate(cert: LipschitzCertificate, net) -> bool:
+    """Re-prove a ``solver="riccati"`` certificate from its stored multipliers ``layer{k}.t`` and
+    ``rho``, without any solver: the stage-wise proof of :mod:`maxmin_certify` at ``cert.rho``, for
+    a :class:`LipNetwork` or a :class:`residual.ResidualNetwork`."""
+    from .residual import ResidualNetwork, normalized_residual
+
+    if cert.certified_by != "sdp":
+        return cert.bound >= cert.product_bound
+    if isinstance(net, ResidualNetwork):
+        net_n, exponent = normalized_residual(net)
+        stages, output = residual_stages(net_n.embed, net_n.blocks, net_n.activations, net_n.head)
+    else:
+        net_n, exponent = normalized(net)
+        stages, output = plain_stages(net_n.weights, net_n.activations)
+    keys = [f"layer{k}.t" for k in range(1, len(net_n.activations) + 1)]
+    if exponent != cert.scale_exponent or any(k not in cert.multipliers for k in keys):
+        return False
+    t = np.concatenate([np.asarray(cert.multipliers[k], dtype=np.float64) for k in keys])
+    if t.size != sum(s.pairs for s in stages) or not math.isfinite(cert.rho):
+        return False
+    proof = certify_stages(stages, output, t, rho=cert.rho)
+    return bool(proof.ok and cert.bound >= math.ldexp(sqrt_up(cert.rho), exponent))

@@ -130,8 +130,10 @@ def _prove_stage(stage: Stage, p_next: np.ndarray, tk: np.ndarray | None):
     return None
 
 
-def certify_stages(stages: Sequence[Stage], output: np.ndarray, t: np.ndarray) -> StagewiseCertificate:
-    """Prove (*) for the multipliers ``t`` (clipped at 0 first: any ``t >= 0`` is valid)."""
+def certify_stages(stages: Sequence[Stage], output: np.ndarray, t: np.ndarray,
+                   rho: float | None = None) -> StagewiseCertificate:
+    """Prove (*) for the multipliers ``t`` (clipped at 0 first: any ``t >= 0`` is valid), at the
+    smallest rho that passes, or only at the given ``rho`` (re-verification of a stored bound)."""
     t = np.maximum(np.asarray(t, dtype=np.float64), 0.0)
     out_stage = Stage("linear", output, output)
     all_stages = list(stages) + [out_stage]
@@ -147,9 +149,10 @@ def certify_stages(stages: Sequence[Stage], output: np.ndarray, t: np.ndarray) -
         used.append(tk_used)
     t_used = np.concatenate([u for u in used[::-1] if u is not None] or [np.zeros(0)])
     estimate = float(np.linalg.eigvalsh(p_next).max())
-    rho = max(estimate, 0.0) * (1 + FIRST_MARGIN) + 1e-300
+    fixed = rho is not None
+    rho = rho if fixed else max(estimate, 0.0) * (1 + FIRST_MARGIN) + 1e-300
     n0 = p_next.shape[0]
-    for _ in range(MAX_ATTEMPTS):
+    for _ in range(1 if fixed else MAX_ATTEMPTS):
         mat = p_next - rho * np.eye(n0)
         if _prove(mat, np.abs(p_next) + rho * np.eye(n0), 1):
             return StagewiseCertificate(True, rho, estimate, margins[::-1], "", t_used)

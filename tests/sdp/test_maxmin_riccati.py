@@ -10,7 +10,8 @@ from scipy.stats import ortho_group
 from nlverify.sdp import from_weights, lipschitz_bound
 from nlverify.sdp.activations import RELU, maxmin
 from nlverify.sdp.cli import add_parser
-from nlverify.sdp.maxmin_bound import residual_riccati_bound, riccati_lipschitz_bound
+from nlverify.sdp.maxmin_bound import (residual_riccati_bound, riccati_lipschitz_bound,
+                                       verify_riccati_certificate)
 from nlverify.sdp.maxmin_certify import certify_stages
 from nlverify.sdp.maxmin_stages import (feasible_multipliers, maxmin_stage, plain_stages,
                                         residual_stages, riccati_value)
@@ -91,6 +92,14 @@ def test_scaling_a_weight_scales_the_bound():
     assert scaled.bound == pytest.approx(3.0 * base.bound, rel=1e-5)
 
 
+def test_stored_certificate_reverifies_and_tampering_is_caught():
+    net = from_weights(_weights(9, (5, 8, 8, 3)), maxmin())
+    cert = lipschitz_bound(net, solver="riccati", lower_samples=0, max_iters=300)
+    assert verify_riccati_certificate(cert, net)
+    cert.rho *= 0.9  # a smaller rho than the multipliers prove
+    assert not verify_riccati_certificate(cert, net)
+
+
 def test_proof_rejects_infeasible_multipliers():
     stages, out = plain_stages(_weights(6, (5, 8, 8, 3)), [maxmin()] * 2)
     t = feasible_multipliers(stages, out)
@@ -110,6 +119,7 @@ def test_residual_matches_cvxpy_and_brackets():
     assert fast.certified_by == "sdp"
     assert fast.lower_bound <= fast.bound <= ref.bound * (1 + 1e-4)
     assert fast.bound <= fast.product_bound
+    assert verify_riccati_certificate(fast, net)
 
 
 def test_auto_selects_riccati_for_large_maxmin_nets_only():
