@@ -58,8 +58,7 @@ import numpy as np
 import scipy.linalg
 
 from .activations import ActivationSpec, group_indices
-
-NEGLIGIBLE_WEIGHT = 1e-14
+from .schur_objective import smoothed_top_eigenspace
 
 
 @dataclass
@@ -218,20 +217,9 @@ def riccati_value(stages: Sequence[Stage], output: np.ndarray, t: np.ndarray, mu
     if back is None:
         return None
     p0, factors = back
-    lam, u = np.linalg.eigh(p0)
-    top = float(lam[-1])
+    top, smoothed, p, w = smoothed_top_eigenspace(p0, mu)
     if not math.isfinite(top):
         return None
-    if mu > 0:
-        e = np.exp((lam - top) / mu)
-        w = e / e.sum()
-        smoothed = top + mu * math.log(float(e.sum()))
-    else:
-        w = np.zeros_like(lam)
-        w[-1] = 1.0
-        smoothed = top
-    keep = w > NEGLIGIBLE_WEIGHT
-    p, w = u[:, keep], w[keep]
     grads = []
     for stage, factor in zip(stages, factors):
         if stage.d is None:

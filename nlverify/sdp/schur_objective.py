@@ -67,6 +67,27 @@ class SchurValue:
     gradient: np.ndarray
 
 
+def smoothed_top_eigenspace(symmetric: np.ndarray, mu: float) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """``(lambda_max, f_mu, U, w)`` of a symmetric matrix: ``f_mu = lambda_max + mu log sum_i
+    exp((lambda_i - lambda_max) / mu)`` (the log-sum-exp smoothing, ``>= lambda_max``; ``mu = 0``: the
+    maximum itself), and its gradient ``sum_i w_i u_i u_i^T`` as the eigenvectors ``U`` (columns) with
+    weights ``w`` above :data:`NEGLIGIBLE_WEIGHT`. ``lambda_max`` is NaN/inf when the matrix is."""
+    lam, u = np.linalg.eigh(symmetric)
+    top = float(lam[-1])
+    if not math.isfinite(top):
+        return top, top, u[:, :0], lam[:0]
+    if mu > 0:
+        e = np.exp((lam - top) / mu)
+        w = e / e.sum()
+        smoothed = top + mu * math.log(float(e.sum()))
+    else:
+        w = np.zeros_like(lam)
+        w[-1] = 1.0
+        smoothed = top
+    keep = w > NEGLIGIBLE_WEIGHT
+    return top, smoothed, u[:, keep], w[keep]
+
+
 def _solve_lower(r: np.ndarray, b: np.ndarray, trans: str = "N") -> np.ndarray:
     return scipy.linalg.solve_triangular(r, b, lower=True, trans=trans, check_finite=False)
 
@@ -86,20 +107,9 @@ def schur_value(lmi: TridiagonalLmi, v: np.ndarray, mu: float) -> SchurValue | N
     for k in range(1, layers):
         ys.append(_solve_lower(chol.diag[k], -(chol.sub[k - 1] @ ys[-1])))
     s = sum(y.T @ y for y in ys) - blocks.diag[0]
-    lam, u = np.linalg.eigh((s + s.T) / 2)
-    top = float(lam[-1])
+    top, smoothed, u, w = smoothed_top_eigenspace((s + s.T) / 2, mu)
     if not math.isfinite(top):
         return None
-    if mu > 0:
-        e = np.exp((lam - top) / mu)
-        w = e / e.sum()
-        smoothed = top + mu * math.log(float(e.sum()))
-    else:
-        w = np.zeros_like(lam)
-        w[-1] = 1.0
-        smoothed = top
-    keep = w > NEGLIGIBLE_WEIGHT
-    u, w = u[:, keep], w[keep]
     # Z = -R^{-T} (Y U): back substitution through the block-upper-bidiagonal R^T
     yu = [y @ u for y in ys]
     zs: list[np.ndarray] = [np.empty(0)] * layers
