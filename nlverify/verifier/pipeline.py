@@ -351,14 +351,15 @@ def verify_loaded(model, model_path: str, spec: Spec, clock: _Clock | float, dev
             stats["near_miss_rows"] = _near_misses(problems)
             return finish(Verdict.TIMEOUT)
     stats["near_miss_rows"] = _near_misses(problems)
+    bound_model = model  # the attacks keep the model's own precision
     if open_problems and dtype != torch.float64 and options.float64_near_misses and _near_misses(open_problems):
         # rows above d but inside the float32 margin: only float64 bounds can close them
-        model, open_problems = in_float64(model, open_problems)
+        bound_model, open_problems = in_float64(model, open_problems)
         stats["float64_problems"] = len(open_problems)
         for method in stages:
             if not open_problems:
                 break
-            open_problems, hit = _bound_stage(model, open_problems, method, options, clock)
+            open_problems, hit = _bound_stage(bound_model, open_problems, method, options, clock)
             clock.lap(f"{method}-float64")
             if hit:
                 return finish(Verdict.TIMEOUT)
@@ -368,7 +369,7 @@ def verify_loaded(model, model_path: str, spec: Spec, clock: _Clock | float, dev
     # 3. branch and bound on what is left
     if clock.expired():
         return finish(Verdict.TIMEOUT)
-    outcomes = (options.bab or bab)(model, open_problems, clock.left(), device=device, seed=seed)
+    outcomes = (options.bab or bab)(bound_model, open_problems, clock.left(), device=device, seed=seed)
     clock.lap("bab")
     proposed = [Candidate(np.asarray(o.counterexample, dtype=np.float64), p.region, 0.0)
                 for p, o in zip(open_problems, outcomes) if o.counterexample is not None]

@@ -66,6 +66,25 @@ def test_near_miss_rows_are_reverified_in_float64(folder):
     assert verify(model, violated, timeout=30).verdict is Verdict.SAT
 
 
+def test_float64_reverification_that_fails_leaves_the_float32_attack_working(folder, monkeypatch):
+    """When the float64 re-verification does not prove everything, BaB gets the float64 model and the
+    extra attack still runs on the float32 one (no dtype clash, an honest unknown)."""
+    import nlverify.verifier.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_near_misses", lambda problems: 1)  # force the escalation
+    spec_path = write(folder / "hard64.vnnlib", UNSAT_SPEC.replace("3.5", "2.5"))  # needs BaB
+    seen = []
+
+    def hook(bab_model, problems, time_left, device="cpu", seed=0):
+        seen.append([p.C.dtype for p in problems])
+        return [ProblemOutcome() for _ in problems]
+
+    options = PipelineOptions(bab=hook, extra_attack_rounds=1, alpha_iterations=5)
+    result = verify(folder / "relu.onnx", spec_path, timeout=30, options=options)
+    assert result.verdict is Verdict.UNKNOWN and result.stats["float64_problems"] == 1
+    assert seen == [[torch.float64]]
+
+
 def test_unsat_is_proved(folder):
     result = verify(folder / "relu.onnx", write(folder / "unsat.vnnlib", UNSAT_SPEC), timeout=30)
     assert result.verdict is Verdict.UNSAT and result.x is None
