@@ -14,7 +14,7 @@ the input size (``BabOptions.mode``):
 
 * activation split (:mod:`nlverify.verifier.activation_split`), for high-dimensional inputs; one search
   per region covers all of its problems;
-* input split (:mod:`nlverify.verifier.input_split`), for at most ``input_split_max_inputs`` inputs; one
+* input split (:mod:`nlverify.verifier.input_split`), for at most ``input_split_max_inputs`` free inputs; one
   search per problem.
 
 Shared machinery (store, falsification, per-problem verdicts) is in :mod:`nlverify.verifier.search`.
@@ -51,7 +51,7 @@ SPLIT_MODES = ("auto", "input", "activation")
 
 @dataclass
 class BabOptions:
-    mode: str = "auto"  # "auto": input split when the model has <= input_split_max_inputs inputs
+    mode: str = "auto"  # "auto": input split when the region leaves <= input_split_max_inputs inputs free
     input_split_max_inputs: int = 32
     batch_domains: int = 256  # activation split: domains popped per round (2x children bounded)
     input_batch_domains: int = 2048  # input split: domains popped per round
@@ -77,12 +77,22 @@ class BabOptions:
     seed: int = 0
 
 
-def _mode(model, options: BabOptions) -> str:
+def free_inputs(problem: Problem) -> int:
+    """How many input dimensions the problem's region box leaves free (width > 0)."""
+    return int((problem.upper > problem.lower).sum())
+
+
+def _mode(model, options: BabOptions, problem: Problem | None = None) -> str:
+    """``"input"`` when at most ``input_split_max_inputs`` inputs are free: the model's input count, or
+    fewer when the region fixes some inputs (dist_shift fixes 784 pixels and perturbs 8 latent inputs;
+    on its index9192 input split closed the gap from -1.69 to -0.38 in 42 s, activation split to
+    -1.33)."""
     if options.mode not in SPLIT_MODES:
         raise ValueError(f"unknown BaB mode '{options.mode}', expected one of {SPLIT_MODES}")
     if options.mode != "auto":
         return options.mode
-    return "input" if model.graph.num_inputs <= options.input_split_max_inputs else "activation"
+    free = model.graph.num_inputs if problem is None else free_inputs(problem)
+    return "input" if free <= options.input_split_max_inputs else "activation"
 
 
 def bab_search(model, problems: list[Problem], deadline: float,
@@ -92,7 +102,7 @@ def bab_search(model, problems: list[Problem], deadline: float,
     was proved (no domain of it left open)."""
     options = options or BabOptions()
     start = time.monotonic()
-    search_class = InputSplitSearch if _mode(model, options) == "input" else ActivationSplitSearch
+    search_class = InputSplitSearch if _mode(model, options, problems[0]) == "input" else ActivationSplitSearch
     search = search_class(model, problems, deadline, options)
     report = search.run()
     report.seconds = time.monotonic() - start
@@ -119,12 +129,13 @@ def search_groups(model, problems: list[Problem], options: BabOptions) -> list[l
     domains at almost the cost of a full batch). Input split keeps one search per problem (its rounds
     are already full; the ACAS Xu figures in the module docstring are per problem)."""
     order = sorted(range(len(problems)), key=lambda i: _hardness(problems[i]))
-    if _mode(model, options) == "input":
-        return [[i] for i in order]
     groups: dict[tuple, list[int]] = {}
     for i in order:
         p = problems[i]
-        key = (p.region, p.C.shape[0], tuple(p.lower.tolist()), tuple(p.upper.tolist()))
+        if _mode(model, options, p) == "input":
+            key = (i,)
+        else:
+            key = (p.region, p.C.shape[0], tuple(p.lower.tolist()), tuple(p.upper.tolist()))
         groups.setdefault(key, []).append(i)
     return list(groups.values())
 

@@ -177,3 +177,33 @@ def test_activation_split_searches_a_regions_problems_together(tmp_path):
     outcomes = branch_and_bound(model, problems, time_left=20, options=options)
     assert outcomes[1].counterexample is not None and not outcomes[1].proved
     assert outcomes[0].counterexample is None and outcomes[2].counterexample is None
+
+
+def test_a_region_that_fixes_most_inputs_is_searched_by_input_split(tmp_path):
+    """``auto`` counts the inputs the region leaves free, not the model's inputs (dist_shift fixes 784 of
+    792); strong branching scores only the free dimensions, and the search still proves / falsifies."""
+    net, shape = make_net("tanh", "mlp", seed=4, width=16, inputs=40, outputs=1)
+    model = load_onnx(export(net, shape, tmp_path / "wide.onnx"))
+    fixed = torch.linspace(-0.5, 0.5, 40)
+    low, up = fixed.clone(), fixed.clone()
+    low[[3, 17]], up[[3, 17]] = -1.0, 1.0
+    g = torch.linspace(-1, 1, GRID)
+    points = fixed.repeat(GRID * GRID, 1)
+    points[:, [3, 17]] = torch.cartesian_prod(g, g)
+    with torch.no_grad():
+        top = float(model.forward(points)[:, 0].max())
+
+    def problem(threshold):
+        return Problem(0, 0, low, up, torch.tensor([[-1.0]]), torch.tensor([-threshold]), torch.tensor([-math.inf]))
+
+    options = BabOptions(input_split_max_inputs=8)
+    assert search_groups(model, [problem(top), problem(top + 1)], options) == [[0], [1]]  # one search each
+    wide = Problem(0, 0, -torch.ones(40), torch.ones(40), torch.tensor([[-1.0]]), torch.tensor([0.0]),
+                   torch.tensor([-math.inf]))
+    assert search_groups(model, [wide, wide], options) == [[0, 1]]  # 40 free inputs: activation split
+    for branching in ("auto", "strong"):
+        opts = BabOptions(input_split_max_inputs=8, input_branching=branching)
+        proved = bab_search(model, [problem(top + 0.02)], time.monotonic() + 20, opts)[0]
+        assert proved.status == "proved" and proved.mode == "input", proved
+        found = bab_search(model, [problem(top - 0.02)], time.monotonic() + 20, opts)[0]
+        assert found.status == "counterexample"
