@@ -32,7 +32,7 @@ from nlverify.verifier.domains import DomainStoreFull, best_rows, closed_domains
 from nlverify.verifier.search import BabReport, Search
 
 __all__ = ["InputSplitSearch", "bound_input_boxes", "linear_minimiser", "box_minimum", "inherited_lower_bound",
-           "split_box", "INPUT_BOUNDS", "INPUT_BRANCHING", "STRONG_BRANCHING_MAX_INPUTS"]
+           "split_box", "input_alpha_iterations", "INPUT_BOUNDS", "INPUT_BRANCHING", "STRONG_BRANCHING_MAX_INPUTS"]
 
 STRONG_BRANCHING_MAX_INPUTS = 8  # "auto" input branching tries every dimension up to this many inputs
 INPUT_BRANCHING = ("auto", "smear", "strong", "alternate")
@@ -127,17 +127,31 @@ def bound_input_boxes(graph: Graph, propagator, lower: Tensor, upper: Tensor, C:
     return lb, a, constant
 
 
+AUTO_INPUT_ALPHA_ITERATIONS = 12
+
+
+def input_alpha_iterations(graph: Graph, options) -> int:
+    """The alpha-CROWN iterations per input-split child: ``options.input_alpha_iterations``, or for
+    ``"auto"`` :data:`AUTO_INPUT_ALPHA_ITERATIONS` on networks whose CROWN pass per domain costs at
+    least ``options.input_alpha_min_cost`` multiply-adds, else 0 (see ``BabOptions``)."""
+    if options.input_alpha_iterations != "auto":
+        return int(options.input_alpha_iterations)
+    from nlverify.verifier.activation_split import refinement_cost  # (activation_split imports this module)
+    return AUTO_INPUT_ALPHA_ITERATIONS if refinement_cost(graph) >= options.input_alpha_min_cost else 0
+
+
 class InputSplitSearch(Search):
     """Input-split branch and bound over the problems' shared region box."""
 
     def run(self) -> BabReport:
         self.report.mode = "input"
         o = self.options
+        alpha_iterations = input_alpha_iterations(self.graph, o)
         problem = torch.arange(len(self.problems), device=self.Cs.device)
         low = self.problem.lower.unsqueeze(0).expand(len(self.problems), -1)
         up = self.problem.upper.unsqueeze(0).expand(len(self.problems), -1)
         lb, a, constant = bound_input_boxes(self.graph, self.propagator, low, up, self.Cs,
-                                            o.input_alpha_iterations, self.deadline, self.ds, o.input_bounds)
+                                            alpha_iterations, self.deadline, self.ds, o.input_bounds)
         known = torch.stack([p.best_lower for p in self.problems])
         self.push_open(self._input_fields(low, up, lb, a, constant, known, problem), torch.maximum(lb, known),
                        torch.zeros_like(problem))
@@ -182,7 +196,7 @@ class InputSplitSearch(Search):
             parent_lb, depth = parent_lb[open_children], depth[open_children]
             child_problem = child_problem[open_children]
             lb, a, constant = bound_input_boxes(self.graph, self.propagator, child_low, child_up,
-                                                self.Cs[child_problem], o.input_alpha_iterations,
+                                                self.Cs[child_problem], alpha_iterations,
                                                 self.deadline, self.ds[child_problem], o.input_bounds)
             try:
                 self.push_open(self._input_fields(child_low, child_up, lb, a, constant, parent_lb, child_problem),

@@ -207,3 +207,17 @@ def test_a_region_that_fixes_most_inputs_is_searched_by_input_split(tmp_path):
         assert proved.status == "proved" and proved.mode == "input", proved
         found = bab_search(model, [problem(top - 0.02)], time.monotonic() + 20, opts)[0]
         assert found.status == "counterexample"
+
+
+def test_input_alpha_iterations_auto_follows_the_per_domain_cost(tmp_path):
+    """``auto`` spends alpha iterations on input-split children only on networks whose CROWN pass per
+    domain is expensive (few domains are affordable there); an explicit count always wins."""
+    from nlverify.verifier.input_split import AUTO_INPUT_ALPHA_ITERATIONS, input_alpha_iterations
+    model = _model(tmp_path, "tanh")
+    assert input_alpha_iterations(model.graph, BabOptions()) == 0  # a 2-16-16-1 net is cheap
+    expensive = BabOptions(input_alpha_min_cost=0.0)
+    assert input_alpha_iterations(model.graph, expensive) == AUTO_INPUT_ALPHA_ITERATIONS
+    assert input_alpha_iterations(model.graph, BabOptions(input_alpha_iterations=3)) == 3
+    top = _grid_max(model)
+    assert bab_problem(model, _problem(top + 0.02), time.monotonic() + 20, expensive).status == "proved"
+    assert bab_problem(model, _problem(top - 0.02), time.monotonic() + 20, expensive).status == "counterexample"
