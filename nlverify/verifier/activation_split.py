@@ -25,7 +25,7 @@ from torch import Tensor
 from nlverify.bounds.alpha import AlphaOptions, alpha_crown
 from nlverify.bounds.crown import CrownOptions, SplitConstraints, crown, spec_coefficients
 from nlverify.graph import Graph
-from nlverify.verifier.branching import anchor_values, choose_splits, coefficients_at, split_targets
+from nlverify.verifier.branching import anchor_values, choose_splits, coefficients_at, refinement_cost, split_targets
 from nlverify.verifier.domains import DomainStoreFull, best_rows
 from nlverify.verifier.input_split import linear_minimiser
 from nlverify.verifier.search import BabReport, Search
@@ -33,7 +33,7 @@ from nlverify.verifier.search import BabReport, Search
 if TYPE_CHECKING:
     from nlverify.verifier.bab import BabOptions
 
-__all__ = ["ActivationSplitSearch", "bound_activation_domains", "refinement_cost"]
+__all__ = ["ActivationSplitSearch", "bound_activation_domains"]
 
 
 def bound_activation_domains(graph: Graph, propagator, boxes: dict[str, tuple[Tensor, Tensor]], C: Tensor,
@@ -69,20 +69,6 @@ def bound_activation_domains(graph: Graph, propagator, boxes: dict[str, tuple[Te
     new_boxes[name] = input_box
     lb = lb.detach() if crown_lb is None else torch.maximum(lb.detach(), crown_lb)
     return lb, new_boxes, params
-
-
-def refinement_cost(graph: Graph) -> float:
-    """Rough multiply-adds per domain of one CROWN pass over all split targets: for each target, its
-    ``2 n`` rows times the neurons of every node between it and the input."""
-    total = 0.0
-    sizes = {n.name: n.size for n in graph}
-    for t in split_targets(graph):
-        if t == graph.input_name:
-            continue
-        # ancestors() is cached on the propagator; recomputing here is cheap (once per problem)
-        ancestors = [n for n in graph if n.name != t]
-        total += 2 * sizes[t] * sum(sizes[a.name] for a in ancestors[:list(graph.nodes).index(t)])
-    return total
 
 
 def _refine_intermediate(graph: Graph, options: BabOptions) -> bool:

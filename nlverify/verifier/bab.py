@@ -30,11 +30,12 @@ from dataclasses import dataclass
 
 import torch
 
-from nlverify.verifier.activation_split import ActivationSplitSearch, bound_activation_domains, refinement_cost
+from nlverify.verifier.activation_split import ActivationSplitSearch, bound_activation_domains
+from nlverify.verifier.branching import refinement_cost
 from nlverify.verifier.domains import best_rows, closed_domains, domain_gap
 from nlverify.verifier.input_split import (
     INPUT_BOUNDS, INPUT_BRANCHING, STRONG_BRANCHING_MAX_INPUTS, InputSplitSearch, bound_input_boxes, box_minimum,
-    inherited_lower_bound, linear_minimiser, split_box,
+    free_dims, inherited_lower_bound, linear_minimiser, split_box,
 )
 from nlverify.verifier.pipeline import Problem, ProblemOutcome
 from nlverify.verifier.search import BabReport, violation
@@ -82,11 +83,6 @@ class BabOptions:
     seed: int = 0
 
 
-def free_inputs(problem: Problem) -> int:
-    """How many input dimensions the problem's region box leaves free (width > 0)."""
-    return int((problem.upper > problem.lower).sum())
-
-
 def _mode(model, options: BabOptions, problem: Problem | None = None) -> str:
     """``"input"`` when at most ``input_split_max_inputs`` inputs are free: the model's input count, or
     fewer when the region fixes some inputs (dist_shift fixes 784 pixels and perturbs 8 latent inputs;
@@ -96,7 +92,7 @@ def _mode(model, options: BabOptions, problem: Problem | None = None) -> str:
         raise ValueError(f"unknown BaB mode '{options.mode}', expected one of {SPLIT_MODES}")
     if options.mode != "auto":
         return options.mode
-    free = model.graph.num_inputs if problem is None else free_inputs(problem)
+    free = model.graph.num_inputs if problem is None else free_dims(problem).numel()
     return "input" if free <= options.input_split_max_inputs else "activation"
 
 

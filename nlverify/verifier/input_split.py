@@ -27,12 +27,12 @@ from nlverify.bounds.alpha import AlphaOptions, alpha_crown
 from nlverify.bounds.crown import CrownOptions, DefaultRelaxations, close_infeasible, propagate_bounds, spec_coefficients
 from nlverify.bounds.forward import forward_bounds
 from nlverify.graph import Graph
-from nlverify.verifier.branching import input_split_scores
+from nlverify.verifier.branching import input_split_scores, refinement_cost
 from nlverify.verifier.domains import DomainStoreFull, best_rows, closed_domains, domain_gap
 from nlverify.verifier.search import BabReport, Search
 
 __all__ = ["InputSplitSearch", "bound_input_boxes", "linear_minimiser", "box_minimum", "inherited_lower_bound",
-           "split_box", "input_alpha_iterations", "INPUT_BOUNDS", "INPUT_BRANCHING", "STRONG_BRANCHING_MAX_INPUTS"]
+           "split_box", "free_dims", "input_alpha_iterations", "INPUT_BOUNDS", "INPUT_BRANCHING", "STRONG_BRANCHING_MAX_INPUTS"]
 
 STRONG_BRANCHING_MAX_INPUTS = 8  # "auto" input branching tries every dimension up to this many inputs
 INPUT_BRANCHING = ("auto", "smear", "strong", "alternate")
@@ -127,6 +127,12 @@ def bound_input_boxes(graph: Graph, propagator, lower: Tensor, upper: Tensor, C:
     return lb, a, constant
 
 
+def free_dims(problem) -> Tensor:
+    """Indices of the input dimensions a problem's region box leaves free (width > 0). Properties that fix
+    most inputs (dist_shift: 784 pixels fixed, 8 latent inputs free) are low-dimensional problems."""
+    return (problem.upper > problem.lower).nonzero().squeeze(1)
+
+
 AUTO_INPUT_ALPHA_ITERATIONS = 12
 
 
@@ -136,7 +142,6 @@ def input_alpha_iterations(graph: Graph, options) -> int:
     least ``options.input_alpha_min_cost`` multiply-adds, else 0 (see ``BabOptions``)."""
     if options.input_alpha_iterations != "auto":
         return int(options.input_alpha_iterations)
-    from nlverify.verifier.activation_split import refinement_cost  # (activation_split imports this module)
     return AUTO_INPUT_ALPHA_ITERATIONS if refinement_cost(graph) >= options.input_alpha_min_cost else 0
 
 
@@ -218,19 +223,12 @@ class InputSplitSearch(Search):
             return depth % 2 == 0
         return torch.full_like(depth, rule == "strong", dtype=torch.bool)
 
-    def _free_dims(self) -> Tensor:
-        """Indices of the input dimensions the region box leaves free (width > 0). Properties that fix
-        most inputs (dist_shift: 784 pixels fixed, 8 latent inputs free) are low-dimensional problems."""
-        if not hasattr(self, "_free"):
-            self._free = (self.problem.upper > self.problem.lower).nonzero().squeeze(1)
-        return self._free
-
     def strong_input_scores(self, low: Tensor, up: Tensor, problem: Tensor) -> Tensor:
         """``(k, n)``: per domain and input dimension, the gap of the worse child when that dimension is
         halved, from cheap forward bounds of the ``2 f`` children of every domain at once (``f`` free
         dimensions; a fixed dimension scores ``-inf``; higher is better)."""
         k, n = low.shape
-        free = self._free_dims()
+        free = free_dims(self.problem)
         f = free.numel()
         dims = free.repeat_interleave(k)  # dim-major: (f k,)
         point = ((low + up) / 2).repeat(f, 1).gather(1, dims.unsqueeze(1)).squeeze(1)
