@@ -210,7 +210,8 @@ class BackwardPropagator:
                 a, constant = _add_split_terms(a, constant, betas[node.name], splits, node.name)
             if _shared_by_boxes(a):
                 a = a[:1]  # one copy; every step below broadcasts it against the boxes
-            if self._may_stop_at(node.name, pending, wanted):
+            # never at the start node: while its own box is being computed it has none yet
+            if node.name != start and self._may_stop_at(node.name, pending, wanted):
                 low, up = bounds[node.name]
                 return constant + box_minimum(a, low, up)
             if node.kind == "linear":

@@ -86,3 +86,22 @@ def test_chunked_walk_with_an_empty_split_domain(monkeypatch):
     assert torch.isinf(lower[1]).all() and (lower[1] > 0).all()  # closed vacuously
     alone, _, _ = crown(graph, (centre - radius)[:1], (centre + radius)[:1], need_upper=False)
     torch.testing.assert_close(lower[:1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_a_chain_of_box_exact_ops_feeding_a_nonlinearity_gets_its_own_box():
+    """``relu(-2 x + 1)`` with ``-2 x + 1`` a chain of two entrywise ops of the input: the chain is a box
+    image, and its own CROWN pass must not try to concretise on the box it is computing (this was a
+    KeyError, i.e. an internal error, on any model with e.g. ``relu(-x[:, :1])``)."""
+    nodes = [Node("x", InputOp(), [], (1, 3)),
+             Node("scaled", ElementwiseAffine(torch.tensor(-2.0), None), ["x"], (1, 3)),
+             Node("shifted", ElementwiseAffine(None, torch.tensor(1.0)), ["scaled"], (1, 3)),
+             Node("h", UnaryOp("relu"), ["shifted"], (1, 3)),
+             Node("out", MatMulConst(torch.tensor([[1.0], [-1.0], [0.5]]), None), ["h"], (1, 1))]
+    graph = Graph({n.name: n for n in nodes}, input_name="x", output_name="out")
+    low, up = -torch.ones(2, 3), torch.ones(2, 3)
+    lower, upper, bounds = crown(graph, low, up)
+    torch.testing.assert_close(bounds["shifted"][0], torch.full((2, 1, 3), -1.0))
+    torch.testing.assert_close(bounds["shifted"][1], torch.full((2, 1, 3), 3.0))
+    x = low + (up - low) * torch.rand(2000, 1, 3)
+    y = graph.forward(x.reshape(-1, 1, 3)).reshape(2000, 2)
+    assert (y >= lower.reshape(1, 2) - 1e-5).all() and (y <= upper.reshape(1, 2) + 1e-5).all()
