@@ -28,6 +28,7 @@ from nlverify.bounds.crown import CrownOptions, DefaultRelaxations, close_infeas
 from nlverify.bounds.forward import forward_bounds
 from nlverify.graph import Graph
 from nlverify.verifier.branching import input_split_scores, refinement_cost
+from nlverify.verifier.conjunction import conjunction_gap
 from nlverify.verifier.domains import DomainStoreFull, best_rows, closed_domains, domain_gap
 from nlverify.verifier.search import BabReport, Search
 
@@ -159,7 +160,7 @@ class InputSplitSearch(Search):
                                             alpha_iterations, self.deadline, self.ds, o.input_bounds)
         known = torch.stack([p.best_lower for p in self.problems])
         self.push_open(self._input_fields(low, up, lb, a, constant, known, problem), torch.maximum(lb, known),
-                       torch.zeros_like(problem))
+                       torch.zeros_like(problem), conjunction_gap(a, constant, self.ds, low, up))
         while len(self.store):
             if self.expired():
                 return self.finish("timeout")
@@ -187,25 +188,28 @@ class InputSplitSearch(Search):
             child_low, child_up = split_box(low, up, dim, point)
             parent_lb = f["lb"].repeat(2, 1)
             # the parent's linear bound still holds on each child: often it already closes one of them
-            inherited = inherited_lower_bound(f["A"].repeat(2, 1, 1), f["c"].repeat(2, 1), child_low, child_up)
+            parent_a, parent_c = f["A"].repeat(2, 1, 1), f["c"].repeat(2, 1)
+            inherited = inherited_lower_bound(parent_a, parent_c, child_low, child_up)
             parent_lb = torch.maximum(parent_lb, inherited)
             depth = (batch.depth + 1).repeat(2)
             child_problem = problem.repeat(2)
             self.report.max_depth = max(self.report.max_depth, int(depth.max()))
-            open_children = ~closed_domains(parent_lb, self.ds[child_problem])
+            inherited_gap = conjunction_gap(parent_a, parent_c, self.ds[child_problem], child_low, child_up)
+            open_children = ~(closed_domains(parent_lb, self.ds[child_problem]) | (inherited_gap > 0))
             self.report.domains += int((~open_children).sum())
             self.report.inherited_closed += int((~open_children).sum())
             if not open_children.any():
                 continue
             child_low, child_up = child_low[open_children], child_up[open_children]
             parent_lb, depth = parent_lb[open_children], depth[open_children]
-            child_problem = child_problem[open_children]
+            child_problem, inherited_gap = child_problem[open_children], inherited_gap[open_children]
             lb, a, constant = bound_input_boxes(self.graph, self.propagator, child_low, child_up,
                                                 self.Cs[child_problem], alpha_iterations,
                                                 self.deadline, self.ds[child_problem], o.input_bounds)
+            own_gap = conjunction_gap(a, constant, self.ds[child_problem], child_low, child_up)
             try:
                 self.push_open(self._input_fields(child_low, child_up, lb, a, constant, parent_lb, child_problem),
-                               torch.maximum(lb, parent_lb), depth)
+                               torch.maximum(lb, parent_lb), depth, torch.maximum(own_gap, inherited_gap))
             except DomainStoreFull as error:
                 return self.finish("memory", message=str(error))
         return self.finish("proved")

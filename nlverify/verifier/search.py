@@ -141,13 +141,20 @@ class Search:
         self.report.message = message
         return self.report
 
-    def push_open(self, fields: dict[str, Tensor], lower: Tensor, depth: Tensor) -> None:
+    def push_open(self, fields: dict[str, Tensor], lower: Tensor, depth: Tensor,
+                  conjunction_gap: Tensor | None = None) -> None:
+        """Store the domains not yet closed. ``conjunction_gap`` (``(k,)``, optional): a gap of the whole
+        conjunction (:mod:`nlverify.verifier.conjunction`); ``> 0`` closes a domain like a proved row."""
         d = self.ds[fields["problem"]]
+        gap = domain_gap(lower, d)
         keep = ~closed_domains(lower, d)
+        if conjunction_gap is not None:
+            gap = torch.maximum(gap, conjunction_gap)
+            keep &= ~(conjunction_gap > 0)
         if faults.ACTIVE: keep = faults.drop_domains(keep)  # TEST-ONLY fault hook (faults.py)
         self.report.domains += lower.shape[0]
         if keep.any():
-            self.store.push({n: v[keep] for n, v in fields.items()}, domain_gap(lower[keep], d[keep]), depth[keep])
+            self.store.push({n: v[keep] for n, v in fields.items()}, gap[keep], depth[keep])
 
     def pop(self, k: int):
         """The next batch; its problems count as open until their children are pushed or closed."""
