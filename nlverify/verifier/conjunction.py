@@ -79,9 +79,13 @@ def conjunction_lower_bound(a: Tensor, constant: Tensor, d: Tensor, lower: Tenso
 def conjunction_gap(a: Tensor, constant: Tensor, d: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     """``(k,)`` in the boxes' dtype: :func:`conjunction_lower_bound` less the proof margin, rounded down;
     ``> 0`` proves the domain's conjunction. The margin is the pipeline's, taken at the largest magnitude
-    among the rows' thresholds and the bound itself, so it is never smaller than a single row's."""
+    among the bound, the rows' thresholds and their finite constants ``c_i - d_i`` (a combination can
+    cancel large terms whose float32 rounding the margin must still cover), so it is never smaller than a
+    single row's."""
     value = conjunction_lower_bound(a, constant, d, lower, upper)
-    scale = torch.maximum(value.abs(), d.double().abs().max(1).values)
+    h = (constant.double() - d.double()).abs()
+    largest_row = torch.where(torch.isfinite(h), h, torch.zeros_like(h)).max(1).values
+    scale = torch.maximum(torch.maximum(value.abs(), d.double().abs().max(1).values), largest_row)
     gap = value - (PROOF_ABS_TOL + PROOF_REL_TOL * scale)
     gap = torch.nan_to_num(gap, nan=-math.inf)
     rounded = gap.to(lower.dtype)
