@@ -14,7 +14,9 @@ Pipeline (each step in its own module):
    ``SCS-CVXPY``, ``CLARABEL`` or any other cvxpy solver name -- the cvxpy model of :mod:`lipsdp`;
    ``riccati`` -- MaxMin nets only: the LMI with the sum preservation substituted exactly, L-BFGS on
    its Riccati objective and a stage-wise float64 proof (:mod:`maxmin_bound`); ``auto`` picks it for
-   MaxMin nets from LMI size :data:`maxmin_bound.RICCATI_MIN_SIZE`.
+   MaxMin nets from LMI size :data:`maxmin_bound.RICCATI_MIN_SIZE`; ``qc-lbfgs`` -- method
+   ``maxmin-pauli`` only: L-BFGS with a log-barrier on the Schur-complement objective of that LMI
+   (:mod:`maxmin_pauli_lbfgs`); ``auto`` picks it for that method.
 3. :mod:`certify` -- project multipliers, prove ``M(rho) < 0`` in float64 for the *full* weights
    and return ``sqrt(rho)`` rounded up. If the certified value exceeds the raw SDP value by more
    than ``gap_target`` (or certification fails), re-solve with 10x tighter tolerance, warm-started,
@@ -31,7 +33,7 @@ from typing import Sequence
 from torch import nn
 
 from .certify import certify_rho, qc_blocks, sqrt_up
-from . import barrier, dual_scaling, first_order, scs_direct
+from . import barrier, dual_scaling, first_order, maxmin_pauli_lbfgs, scs_direct
 from .lipsdp import build_lmi_problem, solve_lmi
 from .lower import sampled_lower_bound
 from .methods import canonical_method, make_qcs
@@ -99,6 +101,10 @@ class _Backend:
 
     def __init__(self, solver: str, weights, qcs, time_limit: float | None = None) -> None:
         name = solver.upper()
+        if name == "AUTO" and maxmin_pauli_lbfgs.supports(qcs):
+            # 5fc_32 (LMI 160): Clarabel 151 s ("optimal_inaccurate", certified 193.2021), qc-lbfgs
+            # certified 193.1979; 18fc_32: cvxpy cannot run it (see maxmin_pauli_lbfgs)
+            name = "QC-LBFGS"
         if name == "AUTO":
             # measured (5fc_32 MaxMin, 2 loaded cores): cvxpy+SCS 26 s, direct chordal SCS 47 s
             name = auto_slope_solver(weights, qcs) if barrier.supports(qcs) else "SCS-CVXPY"
@@ -110,6 +116,8 @@ class _Backend:
         elif name in ("LBFGS", "FIRST-ORDER"):
             self.name = "LBFGS"
             self.problem = first_order.build_first_order(weights, qcs)
+        elif name == "QC-LBFGS":
+            self.problem = maxmin_pauli_lbfgs.build_pauli_lbfgs(weights, qcs)
         elif name in ("SCS", "SCS-DIRECT", "SCS-FULL"):
             self.problem = scs_direct.build_direct(weights, qcs, chordal=name != "SCS-FULL")
         else:
@@ -119,7 +127,7 @@ class _Backend:
     def initial_eps(self, eps: float) -> float:
         # the interior-point eps is a relative duality gap on rho (iterates strictly feasible);
         # the first-order eps is the final relative smoothing level of rho(t)
-        if self.name == "LBFGS":
+        if self.name in ("LBFGS", "QC-LBFGS"):
             return min(10 * eps, 1e-4)
         return min(100 * eps, 1e-3) if self.name in ("BARRIER", "DUAL-SCALING") else eps
 
@@ -136,6 +144,8 @@ class _Backend:
             return res
         if self.name == "LBFGS":  # raw value: rho of the best iterate (no dual bound)
             return first_order.solve_first_order(self.problem, eps, max_iters, warm_start, self.time_limit)
+        if self.name == "QC-LBFGS":  # raw value: rho of the best iterate (no dual bound)
+            return maxmin_pauli_lbfgs.solve_pauli_lbfgs(self.problem, eps, max_iters, warm_start, self.time_limit)
         if self.name in ("SCS", "SCS-DIRECT", "SCS-FULL"):
             return scs_direct.solve_direct(self.problem, eps, max_iters, warm_start, time_limit=self.time_limit)
         solver = "SCS" if self.name == "SCS-CVXPY" else self.name
@@ -152,8 +162,9 @@ def lipschitz_bound(model: nn.Module | LipNetwork | str | Path, norm: int | str 
 
     ``model``: an ``nn.Sequential`` (Linear/Conv/BatchNorm(eval)/Flatten + activations), a
     :class:`LipNetwork`, or a ``.mat`` file (``activation`` picks the activation for weight files).
-    ``method``: ``neuron`` | ``layer`` | ``maxmin-qc`` | ``maxmin-elim`` | ``auto``.
-    ``solver``: ``auto`` | ``barrier`` | ``dual-scaling`` | ``lbfgs`` | ``riccati`` (MaxMin) | ``SCS`` (direct,
+    ``method``: ``neuron`` | ``layer`` | ``maxmin-qc`` | ``maxmin-elim`` | ``maxmin-pauli`` | ``auto``.
+    ``solver``: ``auto`` | ``barrier`` | ``dual-scaling`` | ``lbfgs`` | ``riccati`` (MaxMin) |
+    ``qc-lbfgs`` (maxmin-pauli) | ``SCS`` (direct,
     chordal) | ``SCS-FULL`` (direct, one cone) | ``SCS-CVXPY`` | ``CLARABEL`` (see the module docstring). ``time_limit``: seconds per solve
     (the best iterate so far is certified). ``eps``: solver tolerance (the barrier starts at a
     relative gap of ``min(100 eps, 1e-3)``); tightened 10x per re-solve.

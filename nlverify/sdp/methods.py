@@ -6,6 +6,10 @@
 | ``layer``     | scalar lambda (LipSDP-Layer)  | SortQC                   | SortQC           |
 | ``maxmin-qc`` | diagonal T                    | SortQC (1-Lip + sum)     | SortQC           |
 | ``maxmin-elim`` | diagonal T                  | elimination              | rejected         |
+| ``maxmin-pauli`` | diagonal T                 | Pauli et al. (PauliSortQC) | PauliSortQC    |
+
+``maxmin-pauli`` is Pauli et al.'s (ICLR 2024) own multiplier set, a restriction of maxmin-qc
+(:mod:`maxmin_pauli`), offered to reproduce their numbers.
 
 Every family is a valid QC; "LipSDP-Network" (neuron-pair coupling) is not offered: it is unsound.
 """
@@ -17,8 +21,9 @@ from .activations import ActivationSpec
 from .lipsdp import SlopeLayerQC, SlopeNeuronQC
 from .lmi import LayerQC
 from .maxmin import MaxMinElimQC, SortQC
+from .maxmin_pauli import PauliSortQC
 
-METHODS = ("neuron", "layer", "maxmin-qc", "maxmin-elim")
+METHODS = ("neuron", "layer", "maxmin-qc", "maxmin-elim", "maxmin-pauli")
 
 
 def canonical_method(method: str) -> str:
@@ -37,6 +42,8 @@ def qc_for_layer(spec: ActivationSpec, size: int, method: str) -> LayerQC:
     if spec.kind == "householder":  # one QC family for every method (see nlverify.sdp.householder)
         from .householder import HouseholderQC
         return HouseholderQC(spec, size)
+    if method == "maxmin-pauli":
+        return PauliSortQC(spec, size)
     if spec.group_size == 2 and method in ("neuron", "maxmin-elim"):
         return MaxMinElimQC(spec, size)
     if method == "maxmin-elim":
