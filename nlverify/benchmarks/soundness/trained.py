@@ -85,7 +85,14 @@ the full default :class:`.attack.AttackBudget`, on the exported float32 network,
 training's own seed, not the suite's) neither finds a violation nor gets within ``delta`` of one,
 training stops; a point the check attack found joins the pool. Otherwise stop at ``max_steps``.
 The ``delta`` matters: without it, networks that the check attack missed by a hair were found by
-the suite's attack from other random starts (measured: final violations of 0.002-0.01).
+the suite's attack from other random starts (measured: final violations of 0.002-0.01). Even so,
+7 of the 21 planted networks that passed in one measured run were then found by the suite's attack
+(violations 2e-4 to 0.09, by PGD); requiring a second check run with another seed caught none of
+the 4 of them that a second run met again, so there is one. A planted training that ends without
+passing is discarded at once (``require_check``): of 29 trainings that ran to ``max_steps`` in the
+experiments before this rule, the suite's attack found at least 27 (the other two may have passed
+the check at the last step; the report did not say), so certifying and attacking such a network
+mostly cost time.
 
 **Measured** (``nlverify soundness generate OUT --key KEY --size small --planting trained --seed 0
 --no-prove-clean --activations relu sigmoid gelu groupsort``, 2 shared cores, load 2-6; attempts =
@@ -120,7 +127,6 @@ __all__ = ["TrainingConfig", "CHECK_BUDGET", "CentredNet", "train_network", "bui
            "push_out", "rim_points", "probe"]  # the last three re-exported from .trained_search
 
 CHECK_BUDGET = AttackBudget()  # the stopping rule's attack: the full budget, the training's own seed
-CHECK_SEED_STRIDE = 1_000_003  # the stopping rule's k-th check attack runs with seed + k * stride
 
 Weights = Union[MLPWeights, CNNWeights]
 
@@ -152,7 +158,6 @@ class TrainingConfig:
     rim_starts: int = 32
     pool_size: int = 256  # hard points kept from the probes (FIFO)
     hidden_margin: float = 0.05  # delta: probes and the check attack must not reach a violation above -delta
-    check_attacks: int = 2  # independent runs (seeds) of the check attack that must all miss
     probe_restarts: int = 512
     probe_steps: int = 100
     probe_samples: int = 4096
@@ -369,21 +374,19 @@ def train_network(init: Weights, x0: np.ndarray, eps: float, lower: np.ndarray, 
 
 def _stopping_rule(model: CentredNet, lo: torch.Tensor, hi: torch.Tensor, label: int, star: torch.Tensor,
                    planted: bool, config: TrainingConfig, seed: int) -> tuple[bool, torch.Tensor | None]:
-    """``(stop, witness)``: stop when ``x*`` is where it should be and ``check_attacks`` runs of the check
-    attack (:data:`CHECK_BUDGET`, on the exported float32 network, seeds of the training's own) all stay
-    below ``-delta``; ``witness`` is the violating point the failing run found, if any (a training
-    point from then on)."""
+    """``(stop, witness)``: stop when ``x*`` is where it should be and the check attack
+    (:data:`CHECK_BUDGET`, on the exported float32 network, its own seed) finds nothing; ``witness`` is
+    the violating point it found, if any (a training point from then on)."""
     with torch.no_grad():
         margin = float(violation(model(star), label)[0])
     if (planted and margin < config.plant_margin / 2) or (not planted and margin >= 0):
         return False, None
     exported = build_model(model.to_weights(), torch.float32)
-    for run in range(config.check_attacks):
-        attack = hiddenness_attack(exported, lo[0].numpy(), hi[0].numpy(), label, model.input_shape, CHECK_BUDGET,
-                                   seed=(seed + CHECK_SEED_STRIDE * run) % (2 ** 31))
-        if attack.found or attack.margin >= -config.hidden_margin:
-            return False, None if attack.x is None else torch.as_tensor(attack.x, dtype=torch.float32)[None]
-    return True, None
+    attack = hiddenness_attack(exported, lo[0].numpy(), hi[0].numpy(), label, model.input_shape, CHECK_BUDGET,
+                               seed=seed % (2 ** 31))
+    if not attack.found and attack.margin < -config.hidden_margin:
+        return True, None
+    return False, None if attack.x is None else torch.as_tensor(attack.x, dtype=torch.float32)[None]
 
 
 def build_trained_instance(config, activation: str, seed: int, training: TrainingConfig = TrainingConfig()):
