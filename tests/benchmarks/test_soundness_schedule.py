@@ -62,3 +62,11 @@ def test_unlimited_budget_fills_every_slot(tmp_path):
     assert summary["unfilled"] == [] and not summary["budget_exhausted"]
     assert summary["per_activation"]["relu"]["hidden"] == {"mlp": 1, "cnn": 0}
     assert _unfilled_message(summary) == "  filled 2 of 2 slots"
+
+
+def test_cli_refuses_a_non_positive_time_budget(tmp_path, capsys):
+    from nlverify.cli import main
+
+    code = main(["soundness", "generate", str(tmp_path / "s"), "--key", str(tmp_path / "k"), "--activations",
+                 "relu", "--planting", "trained", "--time-budget", "0"])
+    assert code == 2 and "--time-budget must be positive" in capsys.readouterr().err

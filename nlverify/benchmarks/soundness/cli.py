@@ -112,7 +112,9 @@ def _generate(args) -> int:
           f"key in {key}, {summary['seconds']:.0f} s")
     for act, counts in summary["per_activation"].items():
         print(f"  {act:11s} planted {counts['planted']:3d}  clean {counts['clean']:3d}"
-              + (f" (holds {counts['clean_holds']:d})" if prove else "") + f"  ({counts['seconds']:.0f} s)")
+              + (f" (holds {counts['clean_holds']:d})" if prove else "")
+              + f"  planted/attempts mlp {counts['hidden']['mlp']}/{counts['attempts']['mlp']}"
+              f" cnn {counts['hidden']['cnn']}/{counts['attempts']['cnn']}  ({counts['seconds']:.0f} s)")
     if summary["discarded"]:
         print(f"  discarded (found by an attack or failed a check): {len(summary['discarded'])} "
               f"(see {key}/summary.json)")

@@ -21,6 +21,9 @@ instance is built (:func:`build_instance`):
    next seed; a decoy on which the attack finds a violation (it should not)
    is kept and labelled ``violated`` with that counterexample.
 
+Attempts run in the order of :mod:`.schedule` (first attempts before retries, slow-to-hide planted
+CNNs later), and a ``time_budget`` stops starting new ones; the summary lists the slots left empty.
+
 File names are random hex ids and ``instances.csv`` is shuffled; the answer
 key goes to a separate directory.
 """
