@@ -21,6 +21,9 @@ instance is built (:func:`build_instance`):
    next seed; a decoy on which the attack finds a violation (it should not)
    is kept and labelled ``violated`` with that counterexample.
 
+Attempts run in the order of :mod:`.schedule` (first attempts before retries, slow-to-hide planted
+CNNs later), and a ``time_budget`` stops starting new ones; the summary lists the slots left empty.
+
 File names are random hex ids and ``instances.csv`` is shuffled; the answer
 key goes to a separate directory.
 """
@@ -43,6 +46,7 @@ from .attack import AttackBudget, hiddenness_attack
 from .check import MIN_MARGIN, certify_plant, margin_lower_bounds, ort_outputs, violation_margin
 from .models import ACTIVATIONS, CNNWeights, MLPWeights, build_model, export_onnx
 from .needle import STEP_FAMILY, WIDTH, merge, needle_network, shuffle_units
+from .schedule import RunBudget, attempt_plan
 from .vnnlib_io import RobustnessProperty, read_property, write_property
 
 __all__ = [
@@ -245,7 +249,7 @@ def generate_suite(out_dir: Union[str, Path], key_dir: Union[str, Path],
                    budget: AttackBudget | None = None, timeout: float = 60.0, max_tries: int = 4,
                    clean_prover: CleanProver | None = None, threads: int | None = 1,
                    planting: str = "constructive", log: Callable[[str], None] | None = None,
-                   training=None) -> dict:
+                   training=None, time_budget: float | None = None) -> dict:
     """Write a VNN-COMP suite to ``out_dir`` and its answer key to ``key_dir/key.jsonl``.
 
     ``clean_prover`` (optional) upgrades a decoy's truth from ``unknown`` to
@@ -253,7 +257,10 @@ def generate_suite(out_dir: Union[str, Path], key_dir: Union[str, Path],
     :func:`nlverify_clean_prover`); it runs with the generator's torch threads.
     ``planting="trained"`` trains every network instead (:mod:`.trained`; ``training`` is its
     :class:`.trained.TrainingConfig`, default when None); the checks and the attack are the same.
-    Returns a summary (counts per activation, discarded plants, seconds, budget).
+    ``time_budget`` (seconds, None: unlimited) stops *starting* attempts once the run has taken that
+    long (:mod:`.schedule`: the order of attempts, and why a started one is never cut); the slots left
+    empty are listed in the summary's ``unfilled`` (``why``: ``budget`` or ``tries``).
+    Returns a summary (counts per activation, discarded plants, unfilled slots, seconds, budget).
     """
     if planting not in ("constructive", "trained"):
         raise ValueError(f"unknown planting {planting!r}; expected 'constructive' or 'trained'")
@@ -282,51 +289,65 @@ def generate_suite(out_dir: Union[str, Path], key_dir: Union[str, Path],
     names_rng = np.random.default_rng([seed, 0x6E616D65])  # names: independent of the instances
     taken: set[str] = set()
     versions = package_versions()
-    rows, entries = [], []
     summary: dict = {"per_activation": {}, "discarded": [], "budget": budget.to_dict(), "size": size, "seed": seed,
                      "planting": planting, "training": None if training is None else training.to_dict(),
                      "clean_prover": None if clean_prover is None else
                      getattr(clean_prover, "description", getattr(clean_prover, "__name__", "custom"))}
+    clock = RunBudget(time_budget, started)
+    summary["time_budget"], summary["budget_exhausted"] = time_budget, False
+    counts = {act: {"planted": 0, "clean": 0, "clean_violated": 0, "clean_holds": 0, "seconds": 0.0,
+                    "attack_seconds": 0.0, "prover_seconds": 0.0,
+                    "attempts": {"mlp": 0, "cnn": 0}, "hidden": {"mlp": 0, "cnn": 0}} for act in activations}
+    configs = SIZES[size]
+    filled: dict[tuple[int, int], dict] = {}
+    tries: dict[tuple[int, int], int] = {}
     try:
-        for a_index, activation in enumerate(activations):
-            counts = {"planted": 0, "clean": 0, "clean_violated": 0, "clean_holds": 0, "seconds": 0.0,
-                      "attack_seconds": 0.0, "prover_seconds": 0.0}
-            act_started = time.perf_counter()
-            for c_index, config in enumerate(SIZES[size]):
-                entry = None
-                for attempt in range(max_tries):
-                    instance_seed = int(np.random.SeedSequence([seed, a_index, c_index, attempt]).generate_state(1)[0])
-                    try:
-                        entry = _write_instance(config, activation, instance_seed, out_dir, budget,
-                                                names_rng, taken, clean_prover, timeout, training)
-                    except RuntimeError as exc:
-                        summary["discarded"].append({"activation": activation, "config": asdict(config),
-                                                     "seed": instance_seed, "reason": str(exc)})
-                        log(f"  discarded {activation} {config.kind}{config.input_shape} seed {instance_seed}: {exc}")
-                        continue
-                    break
-                if entry is None:
-                    continue
-                entry["seeds"] = {"suite": seed, "instance": entry.pop("_seed"), "attempt": attempt}
-                entry["versions"] = versions
-                entries.append(entry)
-                rows.append((entry["onnx"], entry["vnnlib"], timeout))
-                counts["attack_seconds"] += entry["attack"]["seconds"]
-                if config.planted:
-                    counts["planted"] += 1
-                else:
-                    counts["clean"] += 1
-                    counts["clean_violated"] += entry["truth"] == "violated"
-                    counts["clean_holds"] += entry["truth"] == "holds"
-                    counts["prover_seconds"] += entry.get("prover_seconds", 0.0)
-                log(f"  {activation:10s} {config.kind}{config.input_shape} eps={config.eps} "
-                    f"{'planted' if config.planted else 'decoy  '} truth={entry['truth']:8s} "
-                    f"attack {entry['attack']['seconds']:.1f}s"
-                    + (f", prover {entry['prover_seconds']:.1f}s" if "prover_seconds" in entry else ""))
-            counts["seconds"] = time.perf_counter() - act_started
-            summary["per_activation"][activation] = counts
+        for a_index, c_index, attempt in attempt_plan(len(activations), configs, max_tries):
+            if (a_index, c_index) in filled:
+                continue
+            if not clock.allows_another():
+                summary["budget_exhausted"] = True
+                break
+            activation, config, act_counts = activations[a_index], configs[c_index], counts[activations[a_index]]
+            instance_seed = int(np.random.SeedSequence([seed, a_index, c_index, attempt]).generate_state(1)[0])
+            tries[a_index, c_index] = attempt + 1
+            act_counts["attempts"][config.kind] += config.planted
+            began = time.perf_counter()
+            try:
+                entry = _write_instance(config, activation, instance_seed, out_dir, budget,
+                                        names_rng, taken, clean_prover, timeout, training)
+            except RuntimeError as exc:
+                summary["discarded"].append({"activation": activation, "config": asdict(config),
+                                             "seed": instance_seed, "reason": str(exc)})
+                log(f"  discarded {activation} {config.kind}{config.input_shape} seed {instance_seed}: {exc}")
+                continue
+            finally:
+                act_counts["seconds"] += time.perf_counter() - began
+            entry["seeds"] = {"suite": seed, "instance": entry.pop("_seed"), "attempt": attempt}
+            entry["versions"] = versions
+            filled[a_index, c_index] = entry
+            act_counts["attack_seconds"] += entry["attack"]["seconds"]
+            if config.planted:
+                act_counts["planted"] += 1
+                act_counts["hidden"][config.kind] += 1
+            else:
+                act_counts["clean"] += 1
+                act_counts["clean_violated"] += entry["truth"] == "violated"
+                act_counts["clean_holds"] += entry["truth"] == "holds"
+                act_counts["prover_seconds"] += entry.get("prover_seconds", 0.0)
+            log(f"  {activation:10s} {config.kind}{config.input_shape} eps={config.eps} "
+                f"{'planted' if config.planted else 'decoy  '} truth={entry['truth']:8s} "
+                f"attack {entry['attack']['seconds']:.1f}s"
+                + (f", prover {entry['prover_seconds']:.1f}s" if "prover_seconds" in entry else "")
+                + f" [{clock.elapsed():.0f} s]")
     finally:
         torch.set_num_threads(previous_threads)
+    summary["per_activation"] = counts
+    summary["unfilled"] = [{"activation": activations[a], "config": asdict(configs[c]), "attempts": tries.get((a, c), 0),
+                            "why": "budget" if tries.get((a, c), 0) < max_tries else "tries"}
+                           for a in range(len(activations)) for c in range(len(configs)) if (a, c) not in filled]
+    entries = [filled[slot] for slot in sorted(filled)]
+    rows = [(entry["onnx"], entry["vnnlib"], timeout) for entry in entries]
     order = np.random.default_rng([seed, 0x73687566]).permutation(len(rows))
     with open(out_dir / "instances.csv", "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
