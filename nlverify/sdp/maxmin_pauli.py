@@ -60,9 +60,9 @@ from .lmi import Blocks, LayerQC
 from .maxmin import group_sum_matrix
 
 NAMES = ("lambda", "s", "p")
-# which free multipliers a variant keeps: "sp" (their full set), "tied" (s = p, i.e. only their
-# ``gamma J`` in T), "none" (1-Lipschitz only)
-VARIANTS = ("sp", "tied", "none")
+# which free multipliers a variant keeps: "sp" (their full set), "s" (their P = 0), "p" (their S = 0),
+# "tied" (s = p, i.e. only their ``gamma J`` in T), "none" (1-Lipschitz only)
+VARIANTS = ("sp", "s", "p", "tied", "none")
 
 
 class PauliSortQC(LayerQC):
@@ -106,9 +106,7 @@ class PauliSortQC(LayerQC):
     def constraints(self):
         if self.variant == "tied":
             return [self.s == self.p]
-        if self.variant == "none":
-            return [self.s == 0, self.p == 0]
-        return []
+        return {"none": [self.s == 0, self.p == 0], "s": [self.p == 0], "p": [self.s == 0]}.get(self.variant, [])
 
     # ---- multipliers
 
@@ -135,7 +133,8 @@ class PauliSortQC(LayerQC):
             return np.zeros_like(g_a), np.zeros_like(g_b)
         if self.variant == "tied":
             return g_a + g_b, g_a + g_b
-        return g_a, g_b
+        zero_a, zero_b = self.variant == "p", self.variant == "s"
+        return (np.zeros_like(g_a) if zero_a else g_a), (np.zeros_like(g_b) if zero_b else g_b)
 
     # ---- first-order solver support
 
