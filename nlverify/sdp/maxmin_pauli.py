@@ -45,6 +45,20 @@ is the restriction of the layer-wide ``H`` (n^2 free scalars per layer) to 2 sca
 ``H`` coupling ``e`` to *every* direction of the LMI's variables; here ``e_G`` is coupled to the
 two group sums of its own layer only.
 
+**Reproduction of their Table 1 (18fc nets; measured, one core, qc-lbfgs unless noted).** With this
+multiplier set the LMI on ``maxmin_weights_l2_18fc_32`` (consecutive pairs) is *certified* at
+11087.57 (425 s; 11113.28 with ``time_limit=120``), product 73402.96, maxmin-elim 11063.7. The
+certificate is a float64 proof that their LMI (with ``gamma = 0``) holds at that value, so the
+optimum of their SDP on these weights is <= 11087.6, well below the published 17432; the published
+value is not this LMI's optimum. What we ruled out as the cause (upper bounds unless noted):
+1-Lipschitz only (``variant="none"``; exact, the LMI is block diagonal, Clarabel) 30295.4; their
+``P = 0`` (``"s"``) <= 16090.6 and ``S = 0`` (``"p"``) <= 21970.8 (120 s each, still descending);
+``gamma`` only (``"tied"``) <= 11817.4; one ``(lambda, s, p)`` per layer <= 44307.0; the product of
+two 9-layer halves of the net <= 11880.8; MaxMin on halves instead of consecutive pairs (a
+different network) <= 1094.0. Which setting of theirs gives 17432 is not determined here.
+18fc_128: 44737.6 after 280 s (895 iterations, far from converged; maxmin-elim 18335.1, published
+24271).
+
 **Gradient of the form** (used by :mod:`qc_lbfgs`): for columns ``v_j, z_j`` with weights ``w_j``,
 ``sum_j w_j [v_j; z_j]^T Q [v_j; z_j]`` has derivatives ``S (v*v - z*z) w`` (lambda),
 ``2 sigma_v (sigma_z - sigma_v) w`` (s) and ``2 sigma_z (sigma_v - sigma_z) w`` (p), with
@@ -60,9 +74,9 @@ from .lmi import Blocks, LayerQC
 from .maxmin import group_sum_matrix
 
 NAMES = ("lambda", "s", "p")
-# which free multipliers a variant keeps: "sp" (their full set), "tied" (s = p, i.e. only their
-# ``gamma J`` in T), "none" (1-Lipschitz only)
-VARIANTS = ("sp", "tied", "none")
+# which free multipliers a variant keeps: "sp" (their full set), "s" (their P = 0), "p" (their S = 0),
+# "tied" (s = p, i.e. only their ``gamma J`` in T), "none" (1-Lipschitz only)
+VARIANTS = ("sp", "s", "p", "tied", "none")
 
 
 class PauliSortQC(LayerQC):
@@ -106,9 +120,7 @@ class PauliSortQC(LayerQC):
     def constraints(self):
         if self.variant == "tied":
             return [self.s == self.p]
-        if self.variant == "none":
-            return [self.s == 0, self.p == 0]
-        return []
+        return {"none": [self.s == 0, self.p == 0], "s": [self.p == 0], "p": [self.s == 0]}.get(self.variant, [])
 
     # ---- multipliers
 
@@ -135,7 +147,8 @@ class PauliSortQC(LayerQC):
             return np.zeros_like(g_a), np.zeros_like(g_b)
         if self.variant == "tied":
             return g_a + g_b, g_a + g_b
-        return g_a, g_b
+        zero_a, zero_b = self.variant == "p", self.variant == "s"
+        return (np.zeros_like(g_a) if zero_a else g_a), (np.zeros_like(g_b) if zero_b else g_b)
 
     # ---- first-order solver support
 

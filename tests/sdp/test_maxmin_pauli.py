@@ -121,3 +121,13 @@ def test_certification_rejects_infeasible_multipliers():
     assert certify_rho(weights, qc_blocks(qcs, values)).ok
     values[-1]["lambda"] = values[-1]["lambda"] * 1e-3
     assert not certify_rho(weights, qc_blocks(qcs, values)).ok
+
+
+def test_stored_certificate_is_reverified_without_a_solver():
+    from nlverify.sdp.result import verify_certificate
+    net = from_weights(_random_net(6), maxmin())
+    cert = lipschitz_bound(net, method="maxmin-pauli", lower_samples=0)
+    assert cert.certified_by == "sdp" and verify_certificate(cert, net)
+    cert.rho *= 0.9
+    cert.bound *= 0.95
+    assert not verify_certificate(cert, net)
