@@ -90,6 +90,32 @@ class RiccatiSolve:
     solve_s: float
 
 
+
+def descend_levels(objective, point: np.ndarray, progress: Progress, eps: float, max_iters: int, deadline: float,
+                   restart_point: Callable[[], np.ndarray]) -> str:
+    """The barrier schedule shared by the L-BFGS solvers: minimise at each level of :func:`mu_levels`, then
+    restart the last level from ``restart_point()`` (the best point) with fresh memory while a restart still
+    gains :data:`RESTART_GAIN`, at most :data:`MAX_RESTARTS` times. ``progress`` keeps the best point;
+    returns the status (``converged``, ``max_iters`` or ``time_limit``)."""
+    levels = mu_levels(eps)
+    levels += [levels[-1]] * MAX_RESTARTS
+    status, before, pairs = "converged", math.inf, []
+    for i, level in enumerate(levels):
+        if progress.iterations >= max_iters:
+            status = "max_iters"
+            break
+        if time.perf_counter() > deadline:
+            status = "time_limit"
+            break
+        if i >= len(levels) - MAX_RESTARTS:  # a restart round: from the best point, fresh memory
+            if progress.rho > before * (1 - RESTART_GAIN):
+                break
+            point, pairs = restart_point(), []
+        before = progress.rho
+        point = minimize_level(objective, point, level * progress.rho, max_iters - progress.iterations, deadline,
+                               pairs, WINDOW)
+    return status
+
 def layer_phase(stages: Sequence[Stage], output: np.ndarray, t0: np.ndarray, progress: Progress,
                 deadline: float) -> np.ndarray:
     """Improve ``t0`` (constant per layer) over one scalar per layer."""
@@ -116,25 +142,9 @@ def solve_riccati(stages: Sequence[Stage], output: np.ndarray, eps: float = 1e-6
     else:
         t = layer_phase(stages, output, feasible_multipliers(stages, output), progress, deadline)
     objective = RiccatiObjective(stages, output, progress)
-    s, pairs = np.log(t), []
+    s = np.log(t)
     if objective(s, 0.0) is None:
         return RiccatiSolve(math.nan, t, "infeasible_start", 0, progress.evaluations, time.perf_counter() - start)
-    levels = mu_levels(eps)
-    levels += [levels[-1]] * MAX_RESTARTS
-    status, before = "converged", math.inf
-    for i, level in enumerate(levels):
-        if progress.iterations >= max_iters:
-            status = "max_iters"
-            break
-        if time.perf_counter() > deadline:
-            status = "time_limit"
-            break
-        if i >= len(levels) - MAX_RESTARTS:  # a restart round: from the best point, fresh memory
-            if progress.rho > before * (1 - RESTART_GAIN):
-                break
-            s, pairs = np.log(progress.v), []
-        before = progress.rho
-        s = minimize_level(objective, s, level * progress.rho, max_iters - progress.iterations, deadline, pairs,
-                           WINDOW)
+    status = descend_levels(objective, s, progress, eps, max_iters, deadline, lambda: np.log(progress.v))
     return RiccatiSolve(float(progress.rho), progress.v.copy(), status, progress.iterations,
                         progress.evaluations, time.perf_counter() - start)

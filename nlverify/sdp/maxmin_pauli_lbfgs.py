@@ -68,8 +68,8 @@ import numpy as np
 import scipy.linalg
 
 from .blocktri import BlockCholesky, BlockTridiagonal, block_cholesky
-from .first_order import FIRST_MU_REL, LAYER_PHASE_ITERS, Progress, minimize_level, mu_levels
-from .maxmin_lbfgs import MAX_RESTARTS, RESTART_GAIN, WINDOW
+from .first_order import FIRST_MU_REL, LAYER_PHASE_ITERS, Progress, minimize_level
+from .maxmin_lbfgs import descend_levels
 from .lipsdp import SolveResult
 from .lmi import LayerQC, block_sizes
 from .maxmin_pauli import PauliSortQC
@@ -288,23 +288,7 @@ def solve_pauli_lbfgs(problem: PauliProblem, eps: float = 1e-5, max_iters: int |
     setup = time.perf_counter() - start
     if objective(theta, 0.0) is None:
         return SolveResult(math.nan, [], "infeasible_start", 0, setup, 0.0, {"solver": "qc-lbfgs"})
-    levels = mu_levels(eps)
-    levels += [levels[-1]] * MAX_RESTARTS
-    status, pairs, before = "converged", [], math.inf
-    for i, level in enumerate(levels):
-        if max_iters - progress.iterations <= 0:
-            status = "max_iters"
-            break
-        if time.perf_counter() > deadline:
-            status = "time_limit"
-            break
-        if i >= len(levels) - MAX_RESTARTS:  # a restart round: from the best point, fresh memory
-            if progress.rho > before * (1 - RESTART_GAIN):
-                break
-            theta, pairs = progress.v.copy(), []
-        before = progress.rho
-        theta = minimize_level(objective, theta, level * progress.rho, max_iters - progress.iterations,
-                               deadline, pairs, WINDOW)
+    status = descend_levels(objective, theta, progress, eps, max_iters, deadline, lambda: progress.v.copy())
     problem.state = {"theta": progress.v.copy()}
     exact = pauli_value(ws, qcs, progress.v, 0.0, 0.0, margin=0.0)  # rho of the QC itself, <= rho_delta
     raw = exact.rho if exact is not None else float(progress.rho)
