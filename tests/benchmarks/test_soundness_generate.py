@@ -37,6 +37,9 @@ def test_every_activation_has_a_hidden_plant_and_a_decoy(tiny_suite):
         assert entry["attack"]["found"] is False
         assert entry["attack"]["budget"]["restarts"] == 64
         assert set(entry["versions"]) >= {"torch", "onnx", "onnxruntime", "numpy"}
+        # the hiddenness flag and the layer widths are separate fields (the flag used to overwrite them)
+        assert entry["hidden"] is (True if entry["truth"] == "violated" else None)
+        assert entry["hidden_widths"] and all(isinstance(w, int) for w in entry["hidden_widths"])
 
 
 def test_key_entries_reverify_in_onnxruntime(tiny_suite):

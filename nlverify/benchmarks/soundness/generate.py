@@ -387,7 +387,7 @@ def _write_instance(config: InstanceConfig, activation: str, seed: int, out_dir:
     parsed = read_property(vnnlib_path)
     entry = {"onnx": onnx_rel, "vnnlib": vnnlib_rel, "label": inst.prop.label,
              "activation": activation, "kind": config.kind, "input_shape": list(config.input_shape),
-             "hidden": list(config.hidden), "eps": config.eps, "_seed": seed,
+             "hidden_widths": list(config.hidden), "eps": config.eps, "_seed": seed,
              "attack": {"found": attack.found, "method": attack.method, "best_margin": attack.margin,
                         "seconds": round(attack.seconds, 3), "steps_run": attack.steps_run,
                         "budget": attack.budget}}
