@@ -21,7 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="with --norm inf: output index k, or i,j for the logit difference y_i - y_j")
     p.add_argument("--method", choices=list(METHODS) + ["auto"], default="auto")
     p.add_argument("--solver", default="auto",
-                   help="auto | barrier | dual-scaling | lbfgs | riccati (MaxMin nets) | SCS (direct, chordal) | "
+                   help="auto | barrier | dual-scaling | lbfgs | riccati (maxmin-elim) | qc-lbfgs (maxmin-pauli) | SCS (direct, chordal) | "
                         "SCS-FULL | SCS-CVXPY | CLARABEL (or any other cvxpy solver name)")
     p.add_argument("--eps", type=float, default=1e-6, help="initial solver tolerance")
     p.add_argument("--activation", default=None,
