@@ -40,8 +40,10 @@ which minimises the area between line and function (``d/ds`` of the line's value
 ``m - x*(s)``; it vanishes when the line touches the envelope at ``m``). On a convex or concave
 stretch it is the midpoint tangent, on the chord side it is the chord, across an inflection it is the
 tangent through an endpoint, and for wide intervals it tends to the horizontal lines ``+-1``. We find
-it by bisection on the sign of ``m - x*(s)`` (a fixed number, ``DEFAULT_SLOPE_BISECTION_STEPS``, of
-vectorised steps); ``init_alpha`` returns it and ``relax(alpha=None)`` uses ``init_alpha``.
+it by bisection on the sign of ``m - x*(s)`` (vectorised steps: ``DEFAULT_SLOPE_BISECTION_STEPS``, or
+three more than the bits of the dtype's epsilon when fewer -- the slope range is at most [-1, 1],
+so 26 steps already place a float32 alpha within an ulp, and each step is a full pass over the
+neurons); ``init_alpha`` returns it and ``relax(alpha=None)`` uses ``init_alpha``.
 
 Rounding
 --------
@@ -150,7 +152,7 @@ def _slope_range(lower: Tensor, upper: Tensor, quarter_turns: int, dtype: torch.
 
 
 def _midpoint_envelope_slope(lower: Tensor, upper: Tensor, slope_min: Tensor, slope_max: Tensor,
-                             quarter_turns: int, want_upper: bool) -> Tensor:
+                             quarter_turns: int, want_upper: bool, steps: int = DEFAULT_SLOPE_BISECTION_STEPS) -> Tensor:
     """Slope of the line tangent to the upper (lower) envelope at the midpoint, by bisection.
 
     For the upper bound ``h(s) = s*m + max g_s`` is convex in ``s`` with subgradient ``m - x*(s)``;
@@ -159,7 +161,7 @@ def _midpoint_envelope_slope(lower: Tensor, upper: Tensor, slope_min: Tensor, sl
     """
     mid_point = 0.5 * (lower + upper)
     lo, hi = slope_min.clone(), slope_max.clone()
-    for _ in range(DEFAULT_SLOPE_BISECTION_STEPS):
+    for _ in range(steps):
         trial = 0.5 * (lo + hi)
         _, touch = _extreme_offset(lower, upper, trial, quarter_turns, want_max=want_upper)
         touches_left_of_mid = touch < mid_point
@@ -199,9 +201,10 @@ class _ShiftedSine:
         with torch.no_grad():
             l, u = lower.detach().to(work), upper.detach().to(work)
             s_min, s_max = _slope_range(l, u, self.quarter_turns, dtype)
+            steps = min(DEFAULT_SLOPE_BISECTION_STEPS, round(-math.log2(_eps(dtype))) + 3)
             rows = []
             for want_upper in (False, True):
-                slope = _midpoint_envelope_slope(l, u, s_min, s_max, self.quarter_turns, want_upper)
+                slope = _midpoint_envelope_slope(l, u, s_min, s_max, self.quarter_turns, want_upper, steps)
                 rows.append(_safe_fraction(slope, s_min, s_max))
         return torch.stack(rows).to(dtype)
 
