@@ -31,6 +31,7 @@ from itertools import combinations
 import torch
 from torch import Tensor
 
+from nlverify.bounds.backward_steps import box_minimum
 from nlverify.verifier.pipeline import PROOF_ABS_TOL, PROOF_REL_TOL
 
 __all__ = ["pair_lower_bound", "conjunction_lower_bound", "conjunction_gap"]
@@ -42,15 +43,11 @@ def pair_lower_bound(a_first: Tensor, h_first: Tensor, a_second: Tensor, h_secon
     ``h_i(x) = a_i . x + h_i`` (``a_*`` ``(k, n)``, ``h_*`` ``(k,)``, boxes ``(k, n)``; all float64).
     Exact: the maximum of the concave piecewise-linear function over its kinks and the two ends."""
     difference = a_second - a_first
-    with torch.no_grad():
-        kinks = torch.where(difference != 0, a_second / difference, torch.zeros_like(difference))
+    kinks = torch.where(difference != 0, a_second / difference, torch.zeros_like(difference))
     kinks = torch.where((kinks > 0) & (kinks < 1), kinks, torch.zeros_like(kinks))
     t = torch.cat([kinks, torch.zeros_like(kinks[:, :1]), torch.ones_like(kinks[:, :1])], dim=1)  # (k, n+2)
-    t = t.unsqueeze(-1)  # (k, T, 1)
-    a = t * a_first.unsqueeze(1) + (1 - t) * a_second.unsqueeze(1)  # (k, T, n)
-    low, up = lower.unsqueeze(1), upper.unsqueeze(1)
-    minimum = (a.clamp(min=0) * low + a.clamp(max=0) * up).sum(-1)
-    value = t.squeeze(-1) * h_first.unsqueeze(1) + (1 - t.squeeze(-1)) * h_second.unsqueeze(1) + minimum
+    a = t.unsqueeze(-1) * a_first.unsqueeze(1) + (1 - t.unsqueeze(-1)) * a_second.unsqueeze(1)  # (k, n+2, n)
+    value = t * h_first.unsqueeze(1) + (1 - t) * h_second.unsqueeze(1) + box_minimum(a, lower, upper)
     return torch.nan_to_num(value, nan=-math.inf).max(1).values
 
 
@@ -63,8 +60,7 @@ def conjunction_lower_bound(a: Tensor, constant: Tensor, d: Tensor, lower: Tenso
     a, lower, upper = a.double(), lower.double(), upper.double()
     h = constant.double() - d.double()
     finite = torch.isfinite(h)
-    low, up = lower.unsqueeze(1), upper.unsqueeze(1)
-    single = h + (a.clamp(min=0) * low + a.clamp(max=0) * up).sum(-1)
+    single = h + box_minimum(a, lower, upper)
     best = torch.where(finite, single, torch.full_like(single, -math.inf)).max(1).values
     for i, j in combinations(range(a.shape[1]), 2):
         both = finite[:, i] & finite[:, j]
