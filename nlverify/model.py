@@ -90,6 +90,7 @@ def _linear_image(C: Tensor | None, low: Tensor, up: Tensor) -> tuple[Tensor, Te
     return mid - rad, mid + rad
 
 
-def load_onnx(path: str | Path) -> Model:
-    """Load an ONNX model (``.onnx`` or ``.onnx.gz``) into a :class:`Model`."""
-    return Model(load_graph(path), str(path))
+def load_onnx(path: str | Path, quadratic_forms: bool = True) -> Model:
+    """Load an ONNX model (``.onnx`` or ``.onnx.gz``) into a :class:`Model` (``quadratic_forms``: see
+    :func:`~nlverify.frontend.load_graph`)."""
+    return Model(load_graph(path, quadratic_forms), str(path))

@@ -19,6 +19,7 @@ from onnx.reference import ReferenceEvaluator
 from nlverify.frontend import lowering
 from nlverify.frontend.errors import ModelError, UnsupportedOpError
 from nlverify.frontend.patterns import find_gelu_patterns, id_of
+from nlverify.frontend.quadratic import rewrite_quadratic_forms
 from nlverify.graph import Graph, Node
 from nlverify.ops import (
     ConcatOp, ElementwiseAffine, ExpandOp, GatherOp, InputOp, LinearCombination, MatMulConst, Op,
@@ -35,9 +36,10 @@ PASS_THROUGH = {"Identity", "Dropout"}
 
 
 class GraphBuilder:
-    def __init__(self, model: onnx.ModelProto, source: str = "") -> None:
+    def __init__(self, model: onnx.ModelProto, source: str = "", quadratic_forms: bool = True) -> None:
         self.model = model
         self.source = source
+        self.quadratic_forms = quadratic_forms  # rewrite z^T P z patterns as sums of squares (quadratic.py)
         self.constants: dict[str, np.ndarray] = {}
         self.variables: dict[str, str] = {}   # ONNX tensor -> graph node name
         self.nodes: dict[str, Node] = {}
@@ -94,6 +96,8 @@ class GraphBuilder:
         live.add(input_name)
         nodes = {name: node for name, node in self.nodes.items() if name in live}
         graph = Graph(nodes=nodes, input_name=input_name, output_name=output_node)
+        if self.quadratic_forms:
+            graph = rewrite_quadratic_forms(graph)
         return graph.to(dtype=DTYPE)
 
     def _add_input(self, value_info: onnx.ValueInfoProto) -> None:

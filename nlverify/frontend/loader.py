@@ -24,7 +24,9 @@ def read_onnx(path: str | Path) -> onnx.ModelProto:
         raise ModelError(f"cannot read ONNX model {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
-def load_graph(path: str | Path) -> Graph:
-    """Parse ``path`` into a Graph; raises :class:`ModelError` for unusable or unsupported models."""
+def load_graph(path: str | Path, quadratic_forms: bool = True) -> Graph:
+    """Parse ``path`` into a Graph; raises :class:`ModelError` for unusable or unsupported models.
+    ``quadratic_forms=False`` keeps ``ReduceSum(z * (z @ P))`` patterns as products (see
+    :mod:`nlverify.frontend.quadratic`; for ablations)."""
     model = read_onnx(path)
-    return GraphBuilder(model, str(path)).build()
+    return GraphBuilder(model, str(path), quadratic_forms).build()
