@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -36,6 +35,7 @@ import scipy.linalg
 
 from .lipsdp import SlopeNeuronQC, SolveResult
 from .lmi import LayerQC, block_sizes
+from .problem import SolverProblem, build_solver_problem
 
 
 
@@ -44,20 +44,9 @@ def supports(qcs: Sequence[LayerQC]) -> bool:
     return all(isinstance(qc, SlopeNeuronQC) for qc in qcs)  # SlopeLayerQC is a subclass
 
 
-@dataclass
-class BarrierProblem:
-    weights: list[np.ndarray]
-    qcs: list[LayerQC]
-    build_s: float
-    lmi_size: int
-    state: dict | None = field(default=None, repr=False)
-
-
-def build_barrier(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC]) -> BarrierProblem:
-    if not supports(qcs):
-        raise ValueError("the barrier method handles slope-restricted activations only")
-    ws = [np.asarray(w, dtype=np.float64) for w in weights]
-    return BarrierProblem(ws, list(qcs), 0.0, int(sum(block_sizes(ws))))
+def build_barrier(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC]) -> SolverProblem:
+    return build_solver_problem(weights, qcs, supports,
+                                "the barrier method handles slope-restricted activations only")
 
 
 class _Lmi:
@@ -205,7 +194,7 @@ def _newton_solver(h: np.ndarray):
         return lambda r: d * np.linalg.lstsq(hs, d * r, rcond=None)[0]
 
 
-def solve_barrier(problem: BarrierProblem, eps: float = 1e-6, max_iters: int | None = None,
+def solve_barrier(problem: SolverProblem, eps: float = 1e-6, max_iters: int | None = None,
                   warm_start: bool = False, time_limit: float | None = None, center_steps: int = 50,
                   center_tol: float = 1e-3, mu_factor: float = 8.0, **_ignored) -> SolveResult:
     """Path-following until ``nu mu <= eps * rho`` (relative duality gap ``eps`` on the centre path)."""

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -71,23 +70,13 @@ from .barrier import _Lmi, feasible_start, supports
 from .blocktri import BlockCholesky, BlockTridiagonal, block_cholesky
 from .lipsdp import SolveResult
 from .lmi import LayerQC, block_sizes
+from .problem import SolverProblem, build_solver_problem
 
 
 
-@dataclass
-class DualScalingProblem:
-    weights: list[np.ndarray]
-    qcs: list[LayerQC]
-    build_s: float
-    lmi_size: int
-    state: dict | None = field(default=None, repr=False)
-
-
-def build_dual_scaling(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC]) -> DualScalingProblem:
-    if not supports(qcs):
-        raise ValueError("the dual-scaling method handles slope-restricted activations only")
-    ws = [np.asarray(w, dtype=np.float64) for w in weights]
-    return DualScalingProblem(ws, list(qcs), 0.0, int(sum(block_sizes(ws))))
+def build_dual_scaling(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC]) -> SolverProblem:
+    return build_solver_problem(weights, qcs, supports,
+                                "the dual-scaling method handles slope-restricted activations only")
 
 
 class TridiagonalLmi:
@@ -222,7 +211,7 @@ def dual_lower_bound(lmi: TridiagonalLmi, rho: float, v: np.ndarray, g, d1, d2, 
     return bound(lo), lo
 
 
-def solve_dual_scaling(problem: DualScalingProblem, eps: float = 1e-4, max_iters: int | None = None,
+def solve_dual_scaling(problem: SolverProblem, eps: float = 1e-4, max_iters: int | None = None,
                        warm_start: bool = False, time_limit: float | None = None, mu_factor: float = 8.0,
                        center_tol: float = 0.05, mu0_divisor: float = 100.0, **_ignored) -> SolveResult:
     """Path following until the proven relative gap ``(rho - lb) / rho <= eps``.

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -54,7 +54,8 @@ from .barrier import feasible_start
 from .barrier import supports as slope_restricted
 from .dual_scaling import TridiagonalLmi
 from .lipsdp import SlopeLayerQC, SlopeNeuronQC, SolveResult
-from .lmi import LayerQC, block_sizes
+from .lmi import LayerQC
+from .problem import SolverProblem, build_solver_problem
 from .schur_objective import schur_value
 
 MEMORY = 20
@@ -62,15 +63,6 @@ ARMIJO = 1e-4
 MAX_BACKTRACKS = 30
 LAYER_PHASE_ITERS = 40
 FIRST_MU_REL = 1e-2
-
-
-@dataclass
-class FirstOrderProblem:
-    weights: list[np.ndarray]
-    qcs: list[LayerQC]
-    build_s: float
-    lmi_size: int
-    state: dict | None = field(default=None, repr=False)
 
 
 def supports(qcs: Sequence[LayerQC]) -> bool:
@@ -81,12 +73,9 @@ def supports(qcs: Sequence[LayerQC]) -> bool:
     return bool(qcs) and slope_restricted(qcs) and all(qc.spec.alpha + qc.spec.beta > 0 for qc in qcs)
 
 
-def build_first_order(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC]) -> FirstOrderProblem:
-    if not supports(qcs):
-        raise ValueError("the first-order method handles slope-restricted activations with "
-                         "alpha + beta > 0 only")
-    ws = [np.asarray(w, dtype=np.float64) for w in weights]
-    return FirstOrderProblem(ws, list(qcs), 0.0, int(sum(block_sizes(ws))))
+def build_first_order(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC]) -> SolverProblem:
+    return build_solver_problem(weights, qcs, supports, "the first-order method handles slope-restricted "
+                                "activations with alpha + beta > 0 only")
 
 
 @dataclass
@@ -178,7 +167,7 @@ def minimize_level(objective: LogObjective, s: np.ndarray, mu: float, max_iters:
     return s
 
 
-def layer_phase(problem: FirstOrderProblem, progress: Progress, deadline: float) -> np.ndarray:
+def layer_phase(problem: SolverProblem, progress: Progress, deadline: float) -> np.ndarray:
     """Per-neuron multipliers from the closed-form start, improved over one scalar per layer."""
     lmi = TridiagonalLmi(problem.weights, [SlopeLayerQC(qc.spec, qc.size) for qc in problem.qcs])
     _, tau = feasible_start(lmi.reduction)
@@ -201,7 +190,7 @@ def mu_levels(eps: float) -> list[float]:
     return levels
 
 
-def solve_first_order(problem: FirstOrderProblem, eps: float = 1e-5, max_iters: int | None = None,
+def solve_first_order(problem: SolverProblem, eps: float = 1e-5, max_iters: int | None = None,
                       warm_start: bool = False, time_limit: float | None = None, **_ignored) -> SolveResult:
     """Minimise ``rho(t)`` (module docstring); ``eps`` is the final relative smoothing level."""
     start = time.perf_counter()

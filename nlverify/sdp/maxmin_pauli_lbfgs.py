@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -73,6 +73,7 @@ from .maxmin_lbfgs import descend_levels
 from .lipsdp import SolveResult
 from .lmi import LayerQC, block_sizes
 from .maxmin_pauli import PauliSortQC
+from .problem import SolverProblem, build_solver_problem
 from .schur_objective import smoothed_top_eigenspace
 
 START_FACTOR = 1.05
@@ -84,20 +85,9 @@ def supports(qcs: Sequence[LayerQC]) -> bool:
     return bool(qcs) and all(isinstance(qc, PauliSortQC) for qc in qcs)
 
 
-@dataclass
-class PauliProblem:
-    weights: list[np.ndarray]
-    qcs: list[PauliSortQC]
-    build_s: float
-    lmi_size: int
-    state: dict | None = field(default=None, repr=False)
-
-
-def build_pauli_lbfgs(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC]) -> PauliProblem:
-    if not supports(qcs):
-        raise ValueError("solver 'qc-lbfgs' needs method maxmin-pauli on MaxMin / GroupSort layers only")
-    ws = [np.asarray(w, dtype=np.float64) for w in weights]
-    return PauliProblem(ws, list(qcs), 0.0, int(sum(block_sizes(ws))))
+def build_pauli_lbfgs(weights: Sequence[np.ndarray], qcs: Sequence[LayerQC]) -> SolverProblem:
+    return build_solver_problem(weights, qcs, supports,
+                                "solver 'qc-lbfgs' needs method maxmin-pauli on MaxMin / GroupSort layers only")
 
 
 def multiplier_values(qcs: Sequence[PauliSortQC], theta: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -264,7 +254,7 @@ def start_point(weights: Sequence[np.ndarray]) -> np.ndarray:
     return np.array(per_layer[::-1]).ravel()
 
 
-def solve_pauli_lbfgs(problem: PauliProblem, eps: float = 1e-5, max_iters: int | None = None,
+def solve_pauli_lbfgs(problem: SolverProblem, eps: float = 1e-5, max_iters: int | None = None,
                       warm_start: bool = False, time_limit: float | None = None, **_ignored) -> SolveResult:
     """Minimise ``rho(theta)``; ``eps`` is the final relative smoothing level."""
     start = time.perf_counter()

@@ -30,12 +30,13 @@ from dataclasses import dataclass
 
 import torch
 
+from nlverify.bounds.backward_steps import box_minimum
 from nlverify.verifier.activation_split import ActivationSplitSearch, bound_activation_domains
 from nlverify.verifier.branching import refinement_cost
 from nlverify.verifier.domains import best_rows, closed_domains, domain_gap
 from nlverify.verifier.input_split import (
-    INPUT_BOUNDS, INPUT_BRANCHING, STRONG_BRANCHING_MAX_INPUTS, InputSplitSearch, bound_input_boxes, box_minimum,
-    free_dims, inherited_lower_bound, linear_minimiser, split_box,
+    INPUT_BOUNDS, INPUT_BRANCHING, STRONG_BRANCHING_MAX_INPUTS, InputSplitSearch, bound_input_boxes, free_dims,
+    inherited_lower_bound, linear_minimiser, split_box,
 )
 from nlverify.verifier.pipeline import Problem, ProblemOutcome
 from nlverify.verifier.search import BabReport, violation

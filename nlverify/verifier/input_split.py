@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from nlverify.bounds.alpha import AlphaOptions, alpha_crown
+from nlverify.bounds.backward_steps import box_minimum
 from nlverify.bounds.crown import CrownOptions, DefaultRelaxations, close_infeasible, propagate_bounds, spec_coefficients
 from nlverify.bounds.forward import forward_bounds
 from nlverify.graph import Graph
@@ -32,7 +33,7 @@ from nlverify.verifier.conjunction import conjunction_gap
 from nlverify.verifier.domains import DomainStoreFull, best_rows, closed_domains, domain_gap
 from nlverify.verifier.search import BabReport, Search
 
-__all__ = ["InputSplitSearch", "bound_input_boxes", "linear_minimiser", "box_minimum", "inherited_lower_bound",
+__all__ = ["InputSplitSearch", "bound_input_boxes", "linear_minimiser", "inherited_lower_bound",
            "split_box", "free_dims", "input_alpha_iterations", "INPUT_BOUNDS", "INPUT_BRANCHING", "STRONG_BRANCHING_MAX_INPUTS"]
 
 STRONG_BRANCHING_MAX_INPUTS = 8  # "auto" input branching tries every dimension up to this many inputs
@@ -43,12 +44,6 @@ def linear_minimiser(a_input: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
     """``argmin over the box of a . x``: ``l`` where ``a > 0``, ``u`` elsewhere (flattened ``(k, n)``)."""
     a = a_input.reshape(lower.shape)
     return torch.where(a > 0, lower, upper)
-
-
-def box_minimum(a: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-    """``min over [lower, upper] of a . x`` per row: ``a`` is ``(k, m, n)``, boxes ``(k, n)``; ``(k, m)``."""
-    low, up = lower.unsqueeze(1), upper.unsqueeze(1)
-    return (a.clamp(min=0) * low + a.clamp(max=0) * up).sum(-1)
 
 
 def inherited_lower_bound(a: Tensor, constant: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
