@@ -73,7 +73,8 @@ class BabOptions:
     input_branching: str = "auto"  # "smear", "strong" (try every dimension), "alternate" (strong at even
     # depth, smear at odd), "auto": alternate up to STRONG_BRANCHING_MAX_INPUTS inputs, else smear
     steer_by_provable_rows: bool = True  # input-split smear skips rows that a short descent finds violated
-    # in the box (they can never close it); lsnc output_8, 30 s: open after 40,577 domains -> proved in 8,847
+    # in the box by a sizeable part of their gap (see InputSplitSearch._provable_rows; lsnc output_8:
+    # open after 40,577 domains -> proved in 9,257; output_6 5,215 -> 3,055)
     refine_intermediate: str = "auto"  # "on"/"off"/"auto": re-bound intermediate boxes of children by CROWN
     refine_max_cost: float = 2e7  # "auto" turns refinement on below this many multiply-adds per domain
     warm_start: bool = True  # keep alphas/betas per domain and start children from them (measured on eran

@@ -12,7 +12,7 @@ from torch import nn
 
 from netgen import export
 from nlverify.frontend import load_graph
-from nlverify.frontend.quadratic import find_quadratic_forms, sum_of_squares
+from nlverify.frontend.quadratic import find_quadratic_forms, rewrite_quadratic_forms, sum_of_squares
 from nlverify.model import Model
 
 WIDTH = 5
@@ -101,7 +101,14 @@ def test_bilinear_forms_stay_products_unless_asked(tmp_path):
     path = export(Bilinear(), (WIDTH,), tmp_path / "b.onnx", 17)
     graph = load_graph(path)
     assert not _rewritten(graph)
-    assert len(find_quadratic_forms(load_graph(path, quadratic_forms=False), bilinear=True)) == 1
+    plain = load_graph(path, quadratic_forms=False)
+    assert len(find_quadratic_forms(plain, bilinear=True)) == 1
+    # asked for, the bilinear form becomes a sum of squares of the stacked (u - v, u + v): same function
+    stacked = rewrite_quadratic_forms(load_graph(path, quadratic_forms=False), bilinear=True)
+    assert _rewritten(stacked)
+    x = torch.randn(300, WIDTH, dtype=torch.float64) * 2
+    expected = plain.to(dtype=torch.float64).forward(x)
+    assert (stacked.to(dtype=torch.float64).forward(x) - expected).abs().max() <= 1e-12 * expected.abs().max()
 
 
 def _random_boxes(generator, count):

@@ -39,6 +39,11 @@ def test_a_row_violated_inside_the_box_is_not_provable(tmp_path):
     model, problem, search = _search(tmp_path, low, up, torch.tensor([RHO, 1.0]))
     provable = search._provable_rows(low[None], up[None], torch.tensor([0]))
     assert provable.tolist() == [[False, True]]
+    # violated by RHO = 0.005: a sizeable part of a gap of 0.001, a sliver of a gap of 1.0 (most of
+    # that gap is looseness that splitting removes, so the row still steers)
+    tight, loose = torch.tensor([[-0.001, -0.5]]), torch.tensor([[-1.0, -0.5]])
+    assert search._provable_rows(low[None], up[None], torch.tensor([0]), tight).tolist() == [[False, True]]
+    assert search._provable_rows(low[None], up[None], torch.tensor([0]), loose).tolist() == [[True, True]]
     # the steering row: the bowl's bound is the better one here, yet the line steers
     lb = torch.tensor([[-0.001, -0.5]])
     assert search._steering_rows(low[None], up[None], lb, torch.zeros(1, 2, 2), torch.tensor([0])).tolist() == [1]
