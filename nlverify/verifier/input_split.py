@@ -285,7 +285,7 @@ class InputSplitSearch(Search):
         The descent starts at the centre and takes ``STEERING_STEPS`` signed-gradient steps of halving
         size, all rows and domains at once (``V``'s minimum is inside the box, where no corner or centre
         test finds it)."""
-        k, n = low.shape
+        k = low.shape[0]
         C, d = self.Cs[problem], self.ds[problem]
         m = C.shape[1]
         low_r, up_r = low.repeat_interleave(m, 0), up.repeat_interleave(m, 0)
