@@ -5,7 +5,6 @@ The reference is ``x * Phi(x)`` in float64 with Phi accurate to a few ulps in th
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

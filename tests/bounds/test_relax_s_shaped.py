@@ -1,7 +1,6 @@
 """Pointwise soundness and tightness of the sigmoid / tanh relaxations (see _unary_relax_checks)."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -30,7 +30,6 @@ def test_unsupported_op_names_op_and_node(tmp_path):
 
 
 def test_unsupported_attribute_is_named(tmp_path):
-    w = numpy_helper.from_array(np.ones((2, 3, 4), dtype=np.float32), "w")
     model = _model([helper.make_node("Gemm", ["x", "w2"], ["y"], name="g", transA=1)],
                    [_vec("x", 3)], [_vec("y", 2)], [numpy_helper.from_array(np.ones((3, 2), np.float32), "w2")])
     path = tmp_path / "m.onnx"

@@ -13,8 +13,7 @@ from nlverify.sdp.cli import add_parser
 from nlverify.sdp.maxmin_bound import (residual_riccati_bound, riccati_lipschitz_bound,
                                        verify_riccati_certificate)
 from nlverify.sdp.maxmin_certify import certify_stages
-from nlverify.sdp.maxmin_stages import (feasible_multipliers, maxmin_stage, plain_stages,
-                                        residual_stages, riccati_value)
+from nlverify.sdp.maxmin_stages import feasible_multipliers, maxmin_stage, plain_stages, riccati_value
 from nlverify.sdp.network import from_mat
 from nlverify.sdp.residual import ResidualNetwork, residual_lipschitz_bound
 
