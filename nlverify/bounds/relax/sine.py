@@ -41,9 +41,16 @@ which minimises the area between line and function (``d/ds`` of the line's value
 stretch it is the midpoint tangent, on the chord side it is the chord, across an inflection it is the
 tangent through an endpoint, and for wide intervals it tends to the horizontal lines ``+-1``. We find
 it by bisection on the sign of ``m - x*(s)`` (vectorised steps: ``DEFAULT_SLOPE_BISECTION_STEPS``, or
-three more than the bits of the dtype's epsilon when fewer -- the slope range is at most [-1, 1],
-so 26 steps already place a float32 alpha within an ulp, and each step is a full pass over the
-neurons); ``init_alpha`` returns it and ``relax(alpha=None)`` uses ``init_alpha``.
+one more than half the bits of the dtype's epsilon when fewer: 13 in float32, 27 in float64; each step
+is a full pass over the neurons). Half the bits suffice on a convex or concave stretch: a line whose
+slope is off by ``ds`` still touches the envelope (its intercept is exact), only at a point ``ds / f''``
+away, which loosens it at ``m`` by ``O(ds**2 / f'')``, and after ``k`` steps that is ``~2**(2 - 2k)`` of
+the gap ``f'' (u - l)**2 / 8``. Across an inflection the touching point can jump, and the loss is first
+order: measured on 200,000 random intervals (widths 1e-4 to 8, centres in [-10, 10]), 13 instead of 26
+steps changed the mean gap by 1e-4 relative on average and by at most 1.7 % for widths 0.1-1 (0.08 %
+for widths 1-8; up to 7 % below width 0.1, where the gap is ~1e-5 and mostly rounding margin). It
+halves the cost of the default relaxation: lsnc state_0 input split bounded 126,695 domains in 20 s
+instead of 102,119. ``init_alpha`` returns it and ``relax(alpha=None)`` uses ``init_alpha``.
 
 Rounding
 --------
@@ -201,7 +208,7 @@ class _ShiftedSine:
         with torch.no_grad():
             l, u = lower.detach().to(work), upper.detach().to(work)
             s_min, s_max = _slope_range(l, u, self.quarter_turns, dtype)
-            steps = min(DEFAULT_SLOPE_BISECTION_STEPS, round(-math.log2(_eps(dtype))) + 3)
+            steps = min(DEFAULT_SLOPE_BISECTION_STEPS, math.ceil(-math.log2(_eps(dtype)) / 2) + 1)
             rows = []
             for want_upper in (False, True):
                 slope = _midpoint_envelope_slope(l, u, s_min, s_max, self.quarter_turns, want_upper, steps)
