@@ -33,6 +33,15 @@ class Node:
         return prod(self.shape)
 
 
+def live_nodes(nodes: dict[str, Node], input_name: str, output_name: str) -> dict[str, Node]:
+    """``nodes`` (in topological order) restricted to the input and what the output depends on."""
+    live = {output_name, input_name}
+    for name in reversed(list(nodes)):
+        if name in live:
+            live.update(nodes[name].inputs)
+    return {name: node for name, node in nodes.items() if name in live}
+
+
 @dataclass
 class Graph:
     nodes: dict[str, Node]  # insertion order is a topological order

@@ -20,7 +20,7 @@ from nlverify.frontend import lowering
 from nlverify.frontend.errors import ModelError, UnsupportedOpError
 from nlverify.frontend.patterns import find_gelu_patterns, id_of
 from nlverify.frontend.quadratic import rewrite_quadratic_forms
-from nlverify.graph import Graph, Node
+from nlverify.graph import Graph, Node, live_nodes
 from nlverify.ops import (
     ConcatOp, ElementwiseAffine, ExpandOp, GatherOp, InputOp, LinearCombination, MatMulConst, Op,
     ReshapeOp, SelectOp, TransposeOp, UnaryOp, BinaryOp,
@@ -88,13 +88,8 @@ class GraphBuilder:
         return self._finish(self.variables[output])
 
     def _finish(self, output_node: str) -> Graph:
-        live = {output_node}
-        for name in reversed(list(self.nodes)):
-            if name in live:
-                live.update(self.nodes[name].inputs)
         input_name = next(n.name for n in self.nodes.values() if n.kind == "input")
-        live.add(input_name)
-        nodes = {name: node for name, node in self.nodes.items() if name in live}
+        nodes = live_nodes(self.nodes, input_name, output_node)
         graph = Graph(nodes=nodes, input_name=input_name, output_name=output_node)
         if self.quadratic_forms:
             graph = rewrite_quadratic_forms(graph)

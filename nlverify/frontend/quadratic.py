@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nlverify.graph import Graph, Node
+from nlverify.graph import Graph, Node, live_nodes
 from nlverify.ops import BinaryOp, ConcatOp, LinearCombination, MatMulConst, ReduceSumOp, ReshapeOp, UnaryOp
 
 __all__ = ["QuadraticForm", "find_quadratic_forms", "rewrite_quadratic_forms", "sum_of_squares"]
@@ -205,8 +205,4 @@ def rewrite_quadratic_forms(graph: Graph, bilinear: bool = False) -> Graph:
             _emit(forms[node.name], node, emit)
         else:
             nodes[node.name] = node
-    live = {graph.output_name, graph.input_name}
-    for name in reversed(list(nodes)):
-        if name in live:
-            live.update(nodes[name].inputs)
-    return Graph({n: node for n, node in nodes.items() if n in live}, graph.input_name, graph.output_name)
+    return Graph(live_nodes(nodes, graph.input_name, graph.output_name), graph.input_name, graph.output_name)

@@ -291,18 +291,18 @@ class InputSplitSearch(Search):
         low_r, up_r = low.repeat_interleave(m, 0), up.repeat_interleave(m, 0)
         rows, thresholds = C.reshape(k * m, -1), d.reshape(k * m)
         x = ((low_r + up_r) / 2).detach()
+        row_values = lambda points: (rows * self.model(points)).sum(-1) - thresholds  # noqa: E731
         best = torch.full_like(thresholds, math.inf)
-        for step in range(STEERING_STEPS + 1):
+        for step in range(STEERING_STEPS):
             with torch.enable_grad():
                 x.requires_grad_(True)
-                value = (rows * self.model(x)).sum(-1) - thresholds
-                gradient, = torch.autograd.grad(value.sum(), x) if step < STEERING_STEPS else (None,)
+                value = row_values(x)
+                gradient, = torch.autograd.grad(value.sum(), x)
             best = torch.minimum(best, value.detach())
-            if gradient is None:
-                break
             size = (up_r - low_r) * (0.5 ** (step + 1))
             x = torch.minimum(torch.maximum(x.detach() - size * gradient.sign(), low_r), up_r)
-        best = best.reshape(k, m)
+        with torch.no_grad():
+            best = torch.minimum(best, row_values(x)).reshape(k, m)
         if margin is None:
             return best > 0
         return best > STEERING_TOLERANCE * torch.nan_to_num(margin, nan=-math.inf, neginf=-math.inf).clamp(max=0)
