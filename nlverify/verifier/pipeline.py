@@ -114,6 +114,14 @@ class PipelineOptions:
     alpha_iterations: int = 30
     alpha_stall_window: int = 3  # alpha stage: stop once the open problems' summed margin improved by less
     alpha_stall_tolerance: float = 0.02  # than this fraction of itself over the last window iterations (0: never)
+    # High-dimensional regions (at least deep_alpha_min_inputs free inputs) go to activation-split BaB,
+    # which keeps the root's intermediate boxes for good: there alpha-CROWN runs longer, with a longer
+    # stall window, but stops at deep_alpha_time_fraction of the time left. See _alpha_plan.
+    deep_alpha_min_inputs: int = 33
+    deep_alpha_iterations: int = 200
+    deep_alpha_stall_window: int = 10
+    deep_alpha_stall_tolerance: float = 0.01
+    deep_alpha_time_fraction: float = 0.5
     use_alpha: bool = True
     max_rows_per_call: int = 4096  # boxes x rows per bound call (memory guard)
     float64_near_misses: bool = True  # re-verify in float64 when float32 leaves near-miss rows open
@@ -193,8 +201,36 @@ def _batches(problems: list[Problem], max_rows: int) -> list[list[list[Problem]]
     return [call for call in calls if call]
 
 
+@dataclass(frozen=True)
+class _AlphaPlan:
+    iterations: int
+    stall_window: int
+    stall_tolerance: float
+    seconds: float | None  # this call's share of the time left; None: up to the deadline
+
+
+def _alpha_plan(call: list[list[Problem]], options: PipelineOptions, time_left: float | None,
+                calls_left: int) -> _AlphaPlan:
+    """How long alpha-CROWN may run on one call.
+
+    Input-split BaB re-bounds every node on every box, so the root's intermediate boxes matter little
+    and a short alpha stage hands over early (``alpha_iterations``, ``alpha_stall_window``). Activation-split
+    BaB (regions with at least ``deep_alpha_min_inputs`` free inputs) keeps the root's intermediate boxes
+    for every domain, and on sigmoid nets alpha-CROWN tightens them slowly but for long: eran_sigmoid
+    7481, after 14 iterations (the short rule's stop) BaB left one problem open at 120 s; after 50 it
+    proved the rest in 15 s, after 75 in 7 s. The stall rule gets a longer window there (iterations 10-20
+    are often flat while Adam settles), and the stage a cap of ``deep_alpha_time_fraction`` of the time
+    left, shared among the calls still to run."""
+    deep = all(int((p.upper > p.lower).sum()) >= options.deep_alpha_min_inputs for group in call for p in group)
+    if not deep:
+        return _AlphaPlan(options.alpha_iterations, options.alpha_stall_window, options.alpha_stall_tolerance, None)
+    seconds = None if time_left is None else options.deep_alpha_time_fraction * time_left / max(calls_left, 1)
+    return _AlphaPlan(options.deep_alpha_iterations, options.deep_alpha_stall_window,
+                      options.deep_alpha_stall_tolerance, seconds)
+
+
 def _bound_call(model, call: list[list[Problem]], method: str, options: PipelineOptions,
-                deadline: float | None = None) -> None:
+                deadline: float | None = None, calls_left: int = 1) -> None:
     """One batched bound computation: B = regions in the call, S = the most rows any of them has (shorter
     ones padded with zero rows, ignored). Updates each problem's ``best_lower``."""
     rows = max(sum(p.C.shape[0] for p in group) for group in call)
@@ -213,6 +249,9 @@ def _bound_call(model, call: list[list[Problem]], method: str, options: Pipeline
         from nlverify.bounds.alpha import AlphaOptions, alpha_crown
 
         history: list[float] = []
+        plan = _alpha_plan(call, options, None if deadline is None else deadline - time.monotonic(), calls_left)
+        if plan.seconds is not None:
+            deadline = min(deadline, time.monotonic() + plan.seconds)
 
         def stop(best: torch.Tensor) -> bool:
             """Every problem of the call has a row proved (nothing left to do), or the iterations stall."""
@@ -228,9 +267,9 @@ def _bound_call(model, call: list[list[Problem]], method: str, options: Pipeline
             if not margins:
                 return True
             history.append(sum(margins))
-            return alpha_stalled(history, options.alpha_stall_window, options.alpha_stall_tolerance)
+            return alpha_stalled(history, plan.stall_window, plan.stall_tolerance)
 
-        alpha_options = AlphaOptions(iterations=options.alpha_iterations, deadline=deadline, stop=stop)
+        alpha_options = AlphaOptions(iterations=plan.iterations, deadline=deadline, stop=stop)
         low, _, boxes, _ = alpha_crown(model.graph, lower, upper, C, alpha_options,
                                        propagator=model.propagator, need_upper=False)
     for b, group in enumerate(call):
@@ -283,10 +322,11 @@ def _near_misses(problems: list[Problem]) -> int:
 def _bound_stage(model, problems: list[Problem], method: str, options: PipelineOptions,
                  clock: _Clock) -> tuple[list[Problem], bool]:
     """Run ``method`` on the open problems; returns those still open and whether the deadline hit."""
-    for call in _batches(problems, options.max_rows_per_call):
+    calls = _batches(problems, options.max_rows_per_call)
+    for index, call in enumerate(calls):
         if clock.expired():
             return [p for p in problems if not _is_proved(p)], True
-        _bound_call(model, call, method, options, clock.deadline)
+        _bound_call(model, call, method, options, clock.deadline, calls_left=len(calls) - index)
     return [p for p in problems if not _is_proved(p)], False
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nlverify.verifier.pipeline import (
-    PROOF_ABS_TOL, PipelineOptions, ProblemOutcome, alpha_stalled, rows_proved, verify,
+    PROOF_ABS_TOL, PipelineOptions, Problem, ProblemOutcome, _alpha_plan, alpha_stalled, rows_proved, verify,
 )
 from nlverify.verifier.result import Verdict, validate_counterexample
 from nlverify.verifier.spec import parse_vnnlib
@@ -43,6 +43,31 @@ def test_alpha_stall_rule():
     creeping = [-1000.0, -10.0, -0.09, -0.08, -0.07, -0.06]  # tiny but steady: stalled against the start
     assert alpha_stalled(creeping, 3, 0.02)
     assert not alpha_stalled([-1000.0, -10.0, -0.09, -0.08, -0.07, -0.06, 5.0], 3, 0.02)
+
+
+def _region_problem(free: int, fixed: int) -> Problem:
+    lower = torch.zeros(free + fixed)
+    upper = torch.cat([torch.ones(free), torch.zeros(fixed)])
+    return Problem(0, 0, lower, upper, torch.ones(1, 3), torch.zeros(1), torch.full((1,), -float("inf")))
+
+
+def test_alpha_plan_runs_long_only_on_high_dimensional_regions():
+    options = PipelineOptions()
+    # few free inputs (input-split BaB follows): the short rule, up to the stage deadline
+    short = _alpha_plan([[_region_problem(8, 776)]], options, 50.0, 1)
+    assert (short.iterations, short.stall_window, short.stall_tolerance, short.seconds) == (
+        options.alpha_iterations, options.alpha_stall_window, options.alpha_stall_tolerance, None)
+    # many free inputs (activation-split BaB keeps the root's boxes): longer, capped by a time share
+    deep = _alpha_plan([[_region_problem(784, 0)]], options, 50.0, 1)
+    assert deep.iterations == options.deep_alpha_iterations > options.alpha_iterations
+    assert deep.stall_window == options.deep_alpha_stall_window > options.alpha_stall_window
+    assert deep.seconds == pytest.approx(options.deep_alpha_time_fraction * 50.0)
+    # the share is split among the calls still to run, so many calls cannot eat the whole budget
+    assert _alpha_plan([[_region_problem(784, 0)]], options, 50.0, 4).seconds == pytest.approx(deep.seconds / 4)
+    # a call mixing both kinds of region keeps the short rule (the low-dimensional ones are input-split)
+    mixed = _alpha_plan([[_region_problem(784, 0)], [_region_problem(8, 776)]], options, 50.0, 1)
+    assert mixed.iterations == options.alpha_iterations
+    assert _alpha_plan([[_region_problem(784, 0)]], options, None, 1).seconds is None
 
 
 def test_float64_margin_is_tighter_only_for_float64():
