@@ -1,4 +1,5 @@
-"""BoxMemo: a hit only on exactly equal boxes, bounded memory; S-shaped relaxations unchanged by it."""
+"""BoxMemo: a hit only on exactly equal boxes (or, with grad, the very same ones), bounded memory;
+S-shaped relaxations and their gradients unchanged by it."""
 from __future__ import annotations
 
 import torch
@@ -62,10 +63,54 @@ def test_memoised_relaxation_equals_a_fresh_one():
             assert torch.equal(getattr(fresh, field), getattr(again, field))
 
 
-def test_boxes_with_grad_are_not_memoised():
+def test_boxes_with_grad_are_memoised_by_identity_only():
     memo = BoxMemo()
     low = torch.zeros(3, requires_grad=True)
     calls = []
-    for _ in range(2):
-        memo.get("f", low, low + 1, lambda: calls.append(1) or low * 2)
-    assert len(calls) == 2 and not memo.entries
+    compute = lambda: calls.append(1) or low * 2  # noqa: E731
+    up = low + 1
+    first = memo.get("f", low, up, compute)
+    assert memo.get("f", low, up, compute) is first  # the same tensors
+    assert memo.get("f", low.unsqueeze(0).squeeze(0), up[:], compute) is first  # fresh views of them
+    assert len(calls) == 1 and not memo.entries  # never in the value-keyed store
+    memo.get("f", low, low + 1, compute)  # an equal box, but another tensor: recomputed
+    memo.get("f", low.clone(), up, compute)
+    assert len(calls) == 3
+    with torch.no_grad():
+        low.add_(0.5)  # changed in place: its version moved on
+    memo.get("f", low, up, compute)
+    assert len(calls) == 4
+    memo.get("f", low[:2], up[:2], compute)  # another view of the same tensors
+    assert len(calls) == 5
+
+
+def test_identity_memo_keeps_relaxations_and_gradients():
+    """Relaxing one grad-carrying box twice (as alpha-CROWN does once per start node) through the memo
+    gives the values and the gradients of two independent computations."""
+    from nlverify.bounds.relax import s_shaped
+
+    g = torch.Generator().manual_seed(1)
+    family = unary_relaxation("sigmoid")
+    centre = torch.randn(200, generator=g, dtype=torch.float64) * 3
+    width = torch.rand(200, generator=g, dtype=torch.float64) * 4
+    alphas = torch.rand(2, 2, 200, generator=g, dtype=torch.float64)
+
+    def run(share: bool):
+        low = (centre - width).requires_grad_(True)
+        up = (centre + width).requires_grad_(True)
+        total = 0
+        for k in range(2):
+            if not share:
+                s_shaped._RANGES.live.clear()
+            r = family.relax(low.unsqueeze(0), up.unsqueeze(0), alphas[k].unsqueeze(1))
+            total = total + (r.lower_slope * 3 + r.lower_intercept - r.upper_slope + 2 * r.upper_intercept).sum()
+        total.backward()
+        return total.detach(), low.grad, up.grad
+
+    hits = s_shaped._RANGES.hits
+    shared = run(True)
+    assert s_shaped._RANGES.hits >= hits + 2  # the second relaxation reused both tangent ranges
+    fresh = run(False)
+    assert torch.equal(shared[0], fresh[0])
+    for a, b in zip(shared[1:], fresh[1:]):  # gradients: equal up to the order of accumulation
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
