@@ -13,6 +13,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("dir", help="a benchmark folder (instances.csv) or a folder of benchmark folders")
     p.add_argument("--timeout-cap", type=float, default=None, help="cap every instance's timeout (seconds)")
     p.add_argument("--jobs", type=int, default=1, help="instances run in parallel (default 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads of each instance (default 1); jobs x threads should not exceed "
+                        "the cores")
     p.add_argument("--out", default="results.csv", help="results CSV, written as instances finish "
                                                        "(default results.csv)")
     p.add_argument("--benchmark", nargs="+", metavar="NAME", help="only these benchmark folders")
@@ -38,8 +41,11 @@ def run(args) -> int:
         raise BadInput(f"--timeout-cap must be positive, got {args.timeout_cap:g}")
     if args.jobs < 1:
         raise BadInput(f"--jobs must be at least 1, got {args.jobs}")
+    if args.threads < 1:
+        raise BadInput(f"--threads must be at least 1, got {args.threads}")
     results = run_benchmarks(root, args.timeout_cap, args.jobs, Path(args.out) if args.out else None,
-                             args.benchmark, progress=lambda line: print(line, flush=True))
+                             args.benchmark, progress=lambda line: print(line, flush=True),
+                             extra_args=["--threads", str(args.threads)])
     print()
     print(summary_table(results))
     print(f"\nresults written to {args.out}")

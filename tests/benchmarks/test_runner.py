@@ -51,3 +51,29 @@ def test_summary_flags_wrong_answers_loudly():
 
     wrong = InstanceResult("b", "m.onnx", "p.vnnlib", 10, "unsat", 1.0, 0.5, 0, 0.0, "sat", "WRONG")
     assert "1 WRONG ANSWER" in summary_table([wrong])
+
+
+@pytest.mark.parametrize("flag", ["--jobs", "--threads"])
+def test_bench_rejects_nonpositive_counts(tmp_path, capsys, flag):
+    (tmp_path / "instances.csv").write_text("")
+    code = main(["bench", str(tmp_path), flag, "0", "--out", str(tmp_path / "r.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{flag} must be at least 1" in err and "Traceback" not in err
+
+
+@needs_benchmarks
+def test_bench_passes_threads_to_each_instance(tmp_path, monkeypatch):
+    from nlverify.benchmarks import runner
+
+    seen = []
+    original = runner.launch
+
+    def spy(instance, budget, extra_args=(), *args, **kwargs):
+        seen.append(list(extra_args))
+        return original(instance, budget, extra_args, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "launch", spy)
+    out = tmp_path / "results.csv"
+    assert main(["bench", str(BENCHMARKS / "test"), "--timeout-cap", "60", "--threads", "2", "--out", str(out)]) == 0
+    assert len(seen) == 5 and all(args[args.index("--threads") + 1] == "2" for args in seen)
+    assert all(r["status"] in ("verified", "falsified") for r in csv.DictReader(open(out)))
