@@ -36,6 +36,7 @@ from nlverify.graph import Graph
 from nlverify.verifier.branching import input_split_scores, refinement_cost
 from nlverify.verifier.conjunction import conjunction_gap
 from nlverify.verifier.domains import DomainStoreFull, best_rows, closed_domains, domain_gap
+from nlverify.verifier.pipeline import free_dims
 from nlverify.verifier.search import BabReport, Search
 
 __all__ = ["InputSplitSearch", "bound_input_boxes", "linear_minimiser", "inherited_lower_bound",
@@ -128,12 +129,6 @@ def bound_input_boxes(graph: Graph, propagator, lower: Tensor, upper: Tensor, C:
                                          need_upper=False)
         lb = torch.maximum(lb, optimised)
     return lb, a, constant
-
-
-def free_dims(problem) -> Tensor:
-    """Indices of the input dimensions a problem's region box leaves free (width > 0). Properties that fix
-    most inputs (dist_shift: 784 pixels fixed, 8 latent inputs free) are low-dimensional problems."""
-    return (problem.upper > problem.lower).nonzero().squeeze(1)
 
 
 AUTO_INPUT_ALPHA_ITERATIONS = 12

@@ -86,6 +86,12 @@ class Problem:
     boxes: dict | None = None  # node -> (lower, upper) boxes (batch 1) of the last bound stage, for BaB
 
 
+def free_dims(problem: Problem) -> Tensor:
+    """Indices of the input dimensions a problem's region box leaves free (width > 0). Properties that fix
+    most inputs (dist_shift: 784 pixels fixed, 8 latent inputs free) are low-dimensional problems."""
+    return (problem.upper > problem.lower).nonzero().squeeze(1)
+
+
 @dataclass
 class ProblemOutcome:
     """What a complete method concluded for one problem: ``proved``, or a candidate ``counterexample``
@@ -117,7 +123,7 @@ class PipelineOptions:
     # High-dimensional regions (at least deep_alpha_min_inputs free inputs) go to activation-split BaB,
     # which keeps the root's intermediate boxes for good: there alpha-CROWN runs longer, with a longer
     # stall window, but stops at deep_alpha_time_fraction of the time left. See _alpha_plan.
-    deep_alpha_min_inputs: int = 33
+    deep_alpha_min_inputs: int = 33  # one more than BabOptions.input_split_max_inputs, where BaB switches mode
     deep_alpha_iterations: int = 200
     deep_alpha_stall_window: int = 10
     deep_alpha_stall_tolerance: float = 0.01
@@ -221,7 +227,7 @@ def _alpha_plan(call: list[list[Problem]], options: PipelineOptions, time_left: 
     proved the rest in 15 s, after 75 in 7 s. The stall rule gets a longer window there (iterations 10-20
     are often flat while Adam settles), and the stage a cap of ``deep_alpha_time_fraction`` of the time
     left, shared among the calls still to run."""
-    deep = all(int((p.upper > p.lower).sum()) >= options.deep_alpha_min_inputs for group in call for p in group)
+    deep = all(free_dims(p).numel() >= options.deep_alpha_min_inputs for group in call for p in group)
     if not deep:
         return _AlphaPlan(options.alpha_iterations, options.alpha_stall_window, options.alpha_stall_tolerance, None)
     seconds = None if time_left is None else options.deep_alpha_time_fraction * time_left / max(calls_left, 1)
