@@ -113,16 +113,71 @@ def test_refine_after_refines_exactly_the_later_nodes_of_each_box(tmp_path, acti
 @pytest.mark.parametrize("activation,architecture", [("relu", "mlp"), ("relu", "residual")])
 def test_refine_after_with_exact_neurons_is_sound(tmp_path, activation, architecture):
     """ReLU skips stable neurons (pairs), so boxes may differ from the dense run; they must still contain
-    every sampled value and be no looser than IBP."""
+    every sampled value, and be no looser than IBP when intersected with it."""
     model, lower, upper = _model(tmp_path, activation, architecture)
     g = model.graph
     after = torch.where(torch.arange(40) % 2 == 0, -1, len(list(g)) // 2)
-    mixed = propagate_bounds(g, lower, upper, DefaultRelaxations, model.propagator, CrownOptions(), refine_after=after)
     ibp = propagate_bounds(g, lower, upper, DefaultRelaxations, model.propagator, CrownOptions(intermediate="ibp"))
     t = torch.rand(256, *lower.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     values = g.run((lower + t * (upper - lower)).reshape(-1, lower.shape[1]))
-    for name, (low, up) in mixed.items():
-        if name in values:
-            v = values[name].reshape(256, *low.shape)
-            assert (v >= low - 1e-9).all() and (v <= up + 1e-9).all(), name
+    for intersect in (False, True):
+        mixed = propagate_bounds(g, lower, upper, DefaultRelaxations, model.propagator,
+                                 CrownOptions(intersect_ibp=intersect), refine_after=after)
+        for name, (low, up) in mixed.items():
+            if name in values:
+                v = values[name].reshape(256, *low.shape)
+                assert (v >= low - 1e-9).all() and (v <= up + 1e-9).all(), name
+            if intersect:
+                assert (low >= ibp[name][0] - 1e-9).all() and (up <= ibp[name][1] + 1e-9).all(), name
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "sin", "mul", "maxmin"])
+def test_ibp_intersection_is_optional_and_both_are_sound(tmp_path, activation):
+    """``CrownOptions.intersect_ibp``: with it, every box lies inside IBP's; without it, a neuron bounded
+    by a backward pass keeps that pass's bound alone (so it may stick out of IBP's box). Both contain
+    every sampled value."""
+    model, lower, upper = _model(tmp_path, activation, "mlp")
+    g = model.graph
+    ibp = propagate_bounds(g, lower, upper, DefaultRelaxations, model.propagator, CrownOptions(intermediate="ibp"))
+    plain = propagate_bounds(g, lower, upper, DefaultRelaxations, model.propagator, CrownOptions())
+    both = propagate_bounds(g, lower, upper, DefaultRelaxations, model.propagator, CrownOptions(intersect_ibp=True))
+    t = torch.rand(256, *lower.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    values = g.run((lower + t * (upper - lower)).reshape(-1, lower.shape[1]))
+    for name in plain:
+        for boxes in (plain, both):
+            low, up = boxes[name]
+            if name in values:
+                v = values[name].reshape(256, *low.shape)
+                assert (v >= low - 1e-9).all() and (v <= up + 1e-9).all(), name
+            assert torch.isfinite(low).all() and torch.isfinite(up).all(), name
+        low, up = both[name]
         assert (low >= ibp[name][0] - 1e-9).all() and (up <= ibp[name][1] + 1e-9).all(), name
+
+
+def test_without_intersection_a_pass_may_stick_out_of_ibp(tmp_path):
+    """A deep sigmoid net with large weights and a wide box: IBP (bounded by the activations' range) is
+    tighter than CROWN on deep neurons, and without the intersection those keep CROWN's box."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(4, 16), torch.nn.Sigmoid()]
+    for _ in range(3):
+        layers += [torch.nn.Linear(16, 16), torch.nn.Sigmoid()]
+    layers.append(torch.nn.Linear(16, 2))
+    net = torch.nn.Sequential(*layers)
+    with torch.no_grad():
+        for layer in net:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.mul_(6.0)
+    model = load_onnx(export(net, (4,), tmp_path / "deep.onnx"))
+    model.to(dtype=torch.float64)
+    lower, upper = -torch.ones(1, 4, dtype=torch.float64), torch.ones(1, 4, dtype=torch.float64)
+    g = model.graph
+    ibp = propagate_bounds(g, lower, upper, DefaultRelaxations, model.propagator, CrownOptions(intermediate="ibp"))
+    plain = propagate_bounds(g, lower, upper, DefaultRelaxations, model.propagator, CrownOptions())
+    sticks_out = sum(int((plain[n][1] - plain[n][0] > ibp[n][1] - ibp[n][0] + 1e-9).sum()) for n in plain)
+    assert sticks_out > 0
+    x = lower + (upper - lower) * torch.rand(4096, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    values = g.run(x)
+    for name, (low, up) in plain.items():
+        if name in values:
+            v = values[name].reshape(4096, *low.shape[1:])
+            assert (v >= low - 1e-9).all() and (v <= up + 1e-9).all(), name
