@@ -104,8 +104,9 @@ def nodes_needing_bounds(graph: Graph) -> set[str]:
 def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_factory,
                      propagator: BackwardPropagator, options: CrownOptions,
                      splits: SplitConstraints | None = None, refine_after: Tensor | None = None) -> dict[str, Bounds]:
-    """Boxes for every node in topological order: IBP, tightened by CROWN on nodes that feed
-    nonlinearities, then restricted by the domains' split constraints.
+    """Boxes for every node in topological order: IBP, replaced by CROWN's bound on the neurons of nodes
+    that feed nonlinearities (or intersected with it, with ``options.intersect_ibp``), then restricted
+    by the domains' split constraints.
     ``relaxation_for_factory(bounds)`` returns the relaxation callback to use.
 
     ``refine_after`` (``(B,)`` positions in ``graph``'s node order, with ``splits``): box ``b`` runs CROWN
