@@ -158,32 +158,35 @@ def _refine_node(propagator: BackwardPropagator, node: Node, low: Tensor, up: Te
     if chosen is not None and pairs is not None:
         pairs = pairs & chosen.unsqueeze(1)
     default = isinstance(relaxation_for, DefaultRelaxations)
-    if pairs is None and chosen is not None and default:
-        refined = chosen.unsqueeze(1).expand(batch, n)
-    elif pairs is not None and default and worth_pairing(pairs):
-        refined = pairs
-    elif pairs is None:
-        refined = torch.ones(batch, n, dtype=torch.bool, device=low.device)
+    if pairs is None:
+        grouping = "boxes" if chosen is not None and default else "all"
     else:
-        refined = pairs.any(0, keepdim=True).expand(batch, n)
+        grouping = "pairs" if default and worth_pairing(pairs) else "rows"
+    rows = pairs.any(0).nonzero().squeeze(1) if grouping == "rows" else None
     interval = (low, up)
-    if not options.intersect_ibp:
+    if not options.intersect_ibp:  # the pairs the pass bounds start from (-inf, inf): its bound alone
+        if grouping == "boxes":
+            refined = chosen.unsqueeze(1).expand(batch, n)
+        elif grouping == "pairs":
+            refined = pairs
+        elif grouping == "all":
+            refined = torch.ones(batch, n, dtype=torch.bool, device=low.device)
+        else:
+            refined = pairs.any(0, keepdim=True).expand(batch, n)
         infinite = torch.full_like(low, float("inf"))
-        mask = refined.reshape(low.shape)
-        low, up = torch.where(mask, -infinite, low), torch.where(mask, infinite, up)
-    if pairs is None and chosen is not None and default:
+        low = torch.where(refined.reshape(low.shape), -infinite, low)
+        up = torch.where(refined.reshape(up.shape), infinite, up)
+    if grouping == "boxes":
         low, up = refine_boxes(propagator, node, chosen.nonzero().squeeze(1), low, up, bounds, relaxation_for)
-    elif pairs is not None and default and worth_pairing(pairs):
+    elif grouping == "pairs":
         low, up = refine_pairs(propagator, node, pairs, low, up, bounds, relaxation_for)
-    elif pairs is None:
+    elif grouping == "all":
         coeffs = identity_coefficients(node.shape, batch, low)
         both = propagator.lower_bound(node.name, coeffs, bounds, relaxation_for)
         low = torch.maximum(low, both[:, :n].reshape(low.shape))
         up = torch.minimum(up, -both[:, n:].reshape(up.shape))
-    else:
-        rows = pairs.any(0).nonzero().squeeze(1)
-        if rows.numel():
-            low, up = _refine_rows(propagator, node, rows, low, up, bounds, relaxation_for)
+    elif rows.numel():
+        low, up = _refine_rows(propagator, node, rows, low, up, bounds, relaxation_for)
     if not options.intersect_ibp:
         low = torch.where(torch.isfinite(low), low, interval[0])
         up = torch.where(torch.isfinite(up), up, interval[1])
