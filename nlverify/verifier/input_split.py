@@ -298,6 +298,6 @@ class InputSplitSearch(Search):
             x = torch.minimum(torch.maximum(x.detach() - size * gradient.sign(), low_r), up_r)
         with torch.no_grad():
             best = torch.minimum(best, row_values(x)).reshape(k, m)
-        if margin is None:
-            return best > 0
-        return best > STEERING_TOLERANCE * torch.nan_to_num(margin, nan=-math.inf, neginf=-math.inf).clamp(max=0)
+        gap = (torch.zeros_like(best) if margin is None
+               else torch.nan_to_num(margin, nan=-math.inf, neginf=-math.inf).clamp(max=0))
+        return best > STEERING_TOLERANCE * gap
