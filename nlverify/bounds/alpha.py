@@ -20,7 +20,7 @@ from nlverify.bounds.crown import (
     propagate_bounds, relax_node, spec_coefficients,
 )
 from nlverify.bounds.interval import Bounds
-from nlverify.bounds.relax import binary_relaxation, unary_relaxation
+from nlverify.bounds.relax import binary_relaxation, release_live, unary_relaxation
 from nlverify.graph import Graph, Node
 
 AlphaKey = tuple[str, str]  # (start node, nonlinear node)
@@ -116,50 +116,54 @@ def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = N
             beta_terms[name] = tuple(b.detach().clone().requires_grad_(True) for b in pair)
     parameters = lambda: list(alphas.values()) + [b for pair in beta_terms.values() for b in pair]
 
-    best = None
-    best_bounds: dict[str, Bounds] = {}
-    optimiser = None
-    for iteration in range(options.iterations + 1):
-        with torch.enable_grad():
-            relaxations: list[AlphaRelaxations] = []
+    try:
+        best = None
+        best_bounds: dict[str, Bounds] = {}
+        optimiser = None
+        for iteration in range(options.iterations + 1):
+            with torch.enable_grad():
+                relaxations: list[AlphaRelaxations] = []
 
-            def factory(bounds):
-                relaxations.append(AlphaRelaxations(bounds, alphas, rows, optimise))
-                return relaxations[-1]
+                def factory(bounds):
+                    relaxations.append(AlphaRelaxations(bounds, alphas, rows, optimise))
+                    return relaxations[-1]
 
-            bounds = propagate_bounds(graph, lower, upper, factory, propagator, options.crown, splits)
-            relax = factory(bounds) if not relaxations else relaxations[0]
-            result = propagator.lower_bound(graph.output_name, coeffs, bounds, relax, splits, beta_terms)
-        infeasible = bounds.pop(INFEASIBLE, None)
-        detached = close_infeasible(result.detach(), {INFEASIBLE: infeasible} if infeasible is not None else {})
-        if best is None:
-            best = detached.clone()
-            best_bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
-        else:
-            best = torch.maximum(best, detached)
-        if iteration == options.iterations or not parameters():
-            break
-        if options.stop is not None and options.stop(best):
-            break
-        if options.deadline is not None and time.monotonic() > options.deadline:
-            break
-        if optimiser is None:
-            optimiser = torch.optim.Adam(parameters(), lr=options.learning_rate)
-            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, options.lr_decay)
-        loss = -result.sum()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        scheduler.step()
-        with torch.no_grad():
-            for value in alphas.values():
-                value.clamp_(0.0, 1.0)
-            for pair in beta_terms.values():
-                for value in pair:
-                    value.clamp_(min=0.0)
-        # Intermediate boxes only tighten: keep the best seen for callers (all are sound).
-        best_bounds = {k: (torch.maximum(best_bounds[k][0], l.detach()), torch.minimum(best_bounds[k][1], u.detach()))
-                       for k, (l, u) in bounds.items()}
+                bounds = propagate_bounds(graph, lower, upper, factory, propagator, options.crown, splits)
+                relax = factory(bounds) if not relaxations else relaxations[0]
+                result = propagator.lower_bound(graph.output_name, coeffs, bounds, relax, splits, beta_terms)
+            infeasible = bounds.pop(INFEASIBLE, None)
+            detached = close_infeasible(result.detach(), {INFEASIBLE: infeasible} if infeasible is not None else {})
+            if best is None:
+                best = detached.clone()
+                best_bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
+            else:
+                best = torch.maximum(best, detached)
+            if iteration == options.iterations or not parameters():
+                break
+            if options.stop is not None and options.stop(best):
+                break
+            if options.deadline is not None and time.monotonic() > options.deadline:
+                break
+            if optimiser is None:
+                optimiser = torch.optim.Adam(parameters(), lr=options.learning_rate)
+                scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, options.lr_decay)
+            loss = -result.sum()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            with torch.no_grad():
+                for value in alphas.values():
+                    value.clamp_(0.0, 1.0)
+                for pair in beta_terms.values():
+                    for value in pair:
+                        value.clamp_(min=0.0)
+            # Intermediate boxes only tighten: keep the best seen for callers (all are sound).
+            best_bounds = {k: (torch.maximum(best_bounds[k][0], l.detach()), torch.minimum(best_bounds[k][1], u.detach()))
+                           for k, (l, u) in bounds.items()}
+    finally:
+        # the last iterate is never back-propagated: drop the memo entries holding its graph
+        release_live()
     final_alphas = {k: v.detach() for k, v in alphas.items()}
     final_alphas.update({("beta", name): tuple(b.detach() for b in pair) for name, pair in beta_terms.items()})
     if need_upper:

@@ -2,6 +2,7 @@
 S-shaped relaxations and their gradients unchanged by it."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nlverify.bounds.relax import unary_relaxation
@@ -114,3 +115,28 @@ def test_identity_memo_keeps_relaxations_and_gradients():
     assert torch.equal(shared[0], fresh[0])
     for a, b in zip(shared[1:], fresh[1:]):  # gradients: equal up to the order of accumulation
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_alpha_crown_leaves_no_graph_in_the_memo(tmp_path):
+    """The last alpha iterate is never back-propagated; its identity-memo entries (which hold its
+    autograd graph) must be dropped when alpha_crown returns, on success and on error alike."""
+    from netgen import export, make_net
+    from nlverify.bounds.alpha import AlphaOptions, alpha_crown
+    from nlverify.bounds.relax import s_shaped
+    from nlverify.model import load_onnx
+
+    net, shape = make_net("sigmoid", "mlp", seed=3, width=12)
+    model = load_onnx(export(net, shape, tmp_path / "net.onnx"))
+    lower, upper = -torch.ones(1, *shape), torch.ones(1, *shape)
+    before = s_shaped._RANGES.misses
+    alpha_crown(model.graph, lower, upper, options=AlphaOptions(iterations=3), propagator=model.propagator)
+    assert s_shaped._RANGES.misses > before  # the grad-carrying boxes did go through the memo
+    assert len(s_shaped._RANGES.live) == 0
+
+    def stop(best):
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        alpha_crown(model.graph, lower, upper, options=AlphaOptions(iterations=3, stop=stop),
+                    propagator=model.propagator)
+    assert len(s_shaped._RANGES.live) == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import import_module
 
+from nlverify.bounds.relax._memo import release_live
 from nlverify.bounds.relax.base import (
     BinaryRelaxation, LinearRelaxation, PlaneRelaxation, UnaryRelaxation,
 )
@@ -55,5 +56,5 @@ def binary_relaxation(activation: str) -> BinaryRelaxation:
 
 __all__ = [
     "LinearRelaxation", "PlaneRelaxation", "UnaryRelaxation", "BinaryRelaxation",
-    "unary_relaxation", "binary_relaxation", "UNARY_FAMILIES", "BINARY_FAMILIES",
+    "unary_relaxation", "binary_relaxation", "UNARY_FAMILIES", "BINARY_FAMILIES", "release_live",
 ]

@@ -15,7 +15,10 @@ Boxes that require grad (intermediate bounds being optimised by alpha-CROWN) cha
 but within one iteration the same box tensor is relaxed once per start node bounded through it (six
 times for the first hidden layer of a 6-layer net). Those are memoised by *identity*: the same view of
 the same tensor objects, at the same in-place version, give the same result (and share its autograd
-history, which is what a recomputation would build). Only the last ``LIVE_ENTRIES`` are kept.
+history, which is what a recomputation would build). Only the last ``LIVE_ENTRIES`` are kept, and
+:func:`release_live` drops them all: alpha-CROWN calls it when its loop ends, because the last
+iteration is never back-propagated and its entries would otherwise keep that iteration's whole autograd
+graph (with its saved tensors) alive after the call returns.
 """
 from __future__ import annotations
 
@@ -41,6 +44,13 @@ def _nbytes(value) -> int:
 
 
 LIVE_ENTRIES = 64
+_MEMOS: "weakref.WeakSet[BoxMemo]" = weakref.WeakSet()
+
+
+def release_live() -> None:
+    """Forget every identity-keyed (grad-carrying) entry of every memo; value-keyed entries stay."""
+    for memo in list(_MEMOS):
+        memo.live.clear()
 
 
 def _identity(tensor: Tensor) -> tuple[Tensor, tuple]:
@@ -58,6 +68,7 @@ class BoxMemo(Generic[T]):
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+        _MEMOS.add(self)
 
     def get(self, tag: str, lower: Tensor, upper: Tensor, compute: Callable[[], T]) -> T:
         if lower.requires_grad or upper.requires_grad:
