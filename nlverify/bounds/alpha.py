@@ -37,6 +37,7 @@ class AlphaOptions:
     learning_rate: float = 0.1
     lr_decay: float = 0.98
     optimize_intermediate: bool = True
+    box_width_weight: float = 1.0  # see _box_width_penalty
     crown: CrownOptions = field(default_factory=CrownOptions)
     deadline: float | None = None
     stop: Callable[[Tensor], bool] | None = None
@@ -75,6 +76,26 @@ class AlphaRelaxations:
         if node.name not in self._default:
             self._default[node.name] = relax_node(node, self.bounds, None)
         return self._default[node.name]
+
+
+def _box_width_penalty(bounds: dict[str, Bounds]) -> Tensor | float:
+    """Sum over the nodes whose box depends on the alphas of the mean finite width ``u - l`` (summed over
+    the batch, averaged over neurons); 0 when no box does.
+
+    Added (times ``box_width_weight``) to the loss, it gives each intermediate start node's alphas a
+    direct objective, the tightness of that node's own box, besides the indirect one through the
+    output. Each iterate stays sound whatever the loss; the term only steers the search. The landscape
+    is far from convex: on eran_sigmoid 9044, optimising row 2 alone reached -2.43 after 140 iterations
+    where optimising all nine rows reached -0.53 on that same row. Measured (worst open row after 60
+    iterations, weight 0 -> 1): 1655 -2.58 -> -2.45 (eight of nine rows tighter), 9044 (80 iterations) -0.64 -> -0.58
+    (every row tighter); 0.1 keeps about half the gain and 5 or 20 give the same as 1.
+    """
+    total: Tensor | float = 0.0
+    for lower, upper in bounds.values():
+        if lower.requires_grad or upper.requires_grad:
+            width = torch.nan_to_num(upper - lower, nan=0.0, posinf=0.0)
+            total = total + width.flatten(1).mean(1).sum()
+    return total
 
 
 def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = None,
@@ -147,7 +168,7 @@ def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = N
             if optimiser is None:
                 optimiser = torch.optim.Adam(parameters(), lr=options.learning_rate)
                 scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, options.lr_decay)
-            loss = -result.sum()
+            loss = -result.sum() + options.box_width_weight * _box_width_penalty(bounds)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
