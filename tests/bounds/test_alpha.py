@@ -36,3 +36,4 @@ def test_width_weight_changes_the_search_and_both_enclose_samples(tmp_path):
         assert (outputs >= lb - 1e-5).all() and (outputs <= ub + 1e-5).all()
         results.append(torch.cat([lb, ub], 1))
     assert not torch.equal(results[0], results[1])
+

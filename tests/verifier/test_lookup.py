@@ -142,6 +142,10 @@ def test_fallbacks_outside_the_grid() -> None:
     # piecewise-linear: the kink when inside, else the midpoint
     relu = branching_points("relu", torch.tensor([-1.0, 1.0]), torch.tensor([2.0, 3.0]))
     assert torch.equal(relu, torch.tensor([0.0, 2.0]))
+    # the kink however close to an end (both children exact), never "the midpoint for a near-end kink"
+    for activation in ("relu", "leaky_relu"):
+        near = branching_points(activation, torch.tensor([-1.56, -1e-4, -3.0]), torch.tensor([0.01, 2.0, 1e-6]))
+        assert torch.equal(near, torch.zeros(3)), activation
 
 
 def test_periodic_lookup_is_shift_invariant() -> None:
