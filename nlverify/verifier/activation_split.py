@@ -149,7 +149,7 @@ class ActivationSplitSearch(Search):
             # node can tighten
             split_position = self.positions[decision.target.clamp(min=0)]
             lb, child_boxes, params = bound_activation_domains(
-                g, self.propagator, child_boxes, self.Cs[problem[parent]], o.iterations, o.learning_rate, alphas,
+                g, self.propagator, child_boxes, self.Cs[problem[parent]], o.iterations, o.child_learning_rate, alphas,
                 betas, refine=self.refine, deadline=self.deadline, refine_after=split_position[parent])
             lb = torch.maximum(lb, f["lb"][parent])
             depth = batch.depth[parent] + 1
