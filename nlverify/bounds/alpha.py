@@ -86,9 +86,9 @@ def _box_width_penalty(bounds: dict[str, Bounds]) -> Tensor | float:
     direct objective, the tightness of that node's own box, besides the indirect one through the
     output. Each iterate stays sound whatever the loss; the term only steers the search. The landscape
     is far from convex: on eran_sigmoid 9044, optimising row 2 alone reached -2.43 after 140 iterations
-    where optimising all nine rows reached -0.53 on that same row. Measured (worst open row after 60
-    iterations, weight 0 -> 1): 1655 -2.58 -> -2.45 (eight of nine rows tighter), 9044 (80 iterations) -0.64 -> -0.58
-    (every row tighter); 0.1 keeps about half the gain and 5 or 20 give the same as 1.
+    where optimising all nine rows reached -0.53 on that same row. Measured (worst open row, weight
+    0 -> 1): 1655 after 60 iterations -2.58 -> -2.45 (eight of nine rows tighter), 9044 after 80
+    -0.64 -> -0.58 (every row tighter); 0.1 keeps about half the gain and 5 or 20 give the same as 1.
     """
     total: Tensor | float = 0.0
     for lower, upper in bounds.values():
@@ -180,8 +180,8 @@ def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = N
                     for value in pair:
                         value.clamp_(min=0.0)
             # Intermediate boxes only tighten: keep the best seen for callers (all are sound).
-            best_bounds = {k: (torch.maximum(best_bounds[k][0], l.detach()), torch.minimum(best_bounds[k][1], u.detach()))
-                           for k, (l, u) in bounds.items()}
+            best_bounds = {k: (torch.maximum(best_bounds[k][0], l.detach()),
+                               torch.minimum(best_bounds[k][1], u.detach())) for k, (l, u) in bounds.items()}
     finally:
         # the last iterate is never back-propagated: drop the memo entries holding its graph
         release_live()

@@ -26,9 +26,9 @@ Rule, per neuron with ``l < u``
      near ``u``, so the best split keeps a fixed distance to ``u``; we use the one at width ``W``:
      ``p = u - (1 - t*(W)) W``.
 3. relu, leaky_relu: 0 when ``l < 0 < u`` (however near an end: both children are then exact), else
-   the midpoint. pow: 0 when inside (convexity and domain change there), else the midpoint. floor: the integer nearest the midpoint when inside, else
-   the midpoint. Every other registered activation (and a table activation whose table file is
-   missing): the midpoint.
+   the midpoint. pow: 0 when inside (convexity and domain change there), else the midpoint. floor:
+   the integer nearest the midpoint when inside, else the midpoint. Every other registered activation
+   (and a table activation whose table file is missing): the midpoint.
 
 Finally ``p`` is clamped into ``[nextafter(l, u), nextafter(u, l)]`` in the input dtype, so it is
 *strictly* inside whenever a representable number lies strictly between ``l`` and ``u``; where
