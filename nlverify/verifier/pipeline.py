@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -128,7 +128,6 @@ class PipelineOptions:
     deep_alpha_stall_window: int = 10
     deep_alpha_stall_tolerance: float = 0.01
     deep_alpha_time_fraction: float = 0.5
-    deep_alpha_lr_decay: float = 1.0  # no decay of Adam's step there (the short stage keeps AlphaOptions' 0.98)
     use_alpha: bool = True
     max_rows_per_call: int = 4096  # boxes x rows per bound call (memory guard)
     float64_near_misses: bool = True  # re-verify in float64 when float32 leaves near-miss rows open
@@ -214,7 +213,6 @@ class _AlphaPlan:
     stall_window: int
     stall_tolerance: float
     seconds: float | None  # this call's share of the time left; None: up to the deadline
-    lr_decay: float | None = None  # None: AlphaOptions' default
 
 
 def _alpha_plan(call: list[list[Problem]], options: PipelineOptions, time_left: float | None,
@@ -228,17 +226,13 @@ def _alpha_plan(call: list[list[Problem]], options: PipelineOptions, time_left: 
     7481, after 14 iterations (the short rule's stop) BaB left one problem open at 120 s; after 50 it
     proved the rest in 15 s, after 75 in 7 s. The stall rule gets a longer window there (iterations 10-20
     are often flat while Adam settles), and the stage a cap of ``deep_alpha_time_fraction`` of the time
-    left, shared among the calls still to run. Adam's step does not decay there (``deep_alpha_lr_decay``):
-    with AlphaOptions' 0.98 the step is down to a third by iteration 55 and the long tail stalls. eran
-    9044, worst row after 140 iterations: decay 0.98 -0.498, 0.99 -0.421, 0.995 -0.379, 1.0 -0.341
-    (-0.303 after 200); 1655 after 140 with 1.0: -2.24 and three rows open, against -2.45 and five
-    after 60 with 0.98 (step 0.2 instead of 0.1 is worse: -0.439 on 9044)."""
+    left, shared among the calls still to run."""
     deep = all(free_dims(p).numel() >= options.deep_alpha_min_inputs for group in call for p in group)
     if not deep:
         return _AlphaPlan(options.alpha_iterations, options.alpha_stall_window, options.alpha_stall_tolerance, None)
     seconds = None if time_left is None else options.deep_alpha_time_fraction * time_left / max(calls_left, 1)
     return _AlphaPlan(options.deep_alpha_iterations, options.deep_alpha_stall_window,
-                      options.deep_alpha_stall_tolerance, seconds, options.deep_alpha_lr_decay)
+                      options.deep_alpha_stall_tolerance, seconds)
 
 
 def _bound_call(model, call: list[list[Problem]], method: str, options: PipelineOptions,
@@ -282,8 +276,6 @@ def _bound_call(model, call: list[list[Problem]], method: str, options: Pipeline
             return alpha_stalled(history, plan.stall_window, plan.stall_tolerance)
 
         alpha_options = AlphaOptions(iterations=plan.iterations, deadline=deadline, stop=stop)
-        if plan.lr_decay is not None:
-            alpha_options = replace(alpha_options, lr_decay=plan.lr_decay)
         low, _, boxes, _ = alpha_crown(model.graph, lower, upper, C, alpha_options,
                                        propagator=model.propagator, need_upper=False)
     for b, group in enumerate(call):

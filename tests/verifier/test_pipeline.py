@@ -55,14 +55,13 @@ def test_alpha_plan_runs_long_only_on_high_dimensional_regions():
     options = PipelineOptions()
     # few free inputs (input-split BaB follows): the short rule, up to the stage deadline
     short = _alpha_plan([[_region_problem(8, 776)]], options, 50.0, 1)
-    assert (short.iterations, short.stall_window, short.stall_tolerance, short.seconds, short.lr_decay) == (
-        options.alpha_iterations, options.alpha_stall_window, options.alpha_stall_tolerance, None, None)
+    assert (short.iterations, short.stall_window, short.stall_tolerance, short.seconds) == (
+        options.alpha_iterations, options.alpha_stall_window, options.alpha_stall_tolerance, None)
     # many free inputs (activation-split BaB keeps the root's boxes): longer, capped by a time share
     deep = _alpha_plan([[_region_problem(784, 0)]], options, 50.0, 1)
     assert deep.iterations == options.deep_alpha_iterations > options.alpha_iterations
     assert deep.stall_window == options.deep_alpha_stall_window > options.alpha_stall_window
     assert deep.seconds == pytest.approx(options.deep_alpha_time_fraction * 50.0)
-    assert deep.lr_decay == options.deep_alpha_lr_decay
     # the share is split among the calls still to run, so many calls cannot eat the whole budget
     assert _alpha_plan([[_region_problem(784, 0)]], options, 50.0, 4).seconds == pytest.approx(deep.seconds / 4)
     # a call mixing both kinds of region keeps the short rule (the low-dimensional ones are input-split)
