@@ -221,3 +221,25 @@ def test_input_alpha_iterations_auto_follows_the_per_domain_cost(tmp_path):
     top = _grid_max(model)
     assert bab_problem(model, _problem(top + 0.02), time.monotonic() + 20, expensive).status == "proved"
     assert bab_problem(model, _problem(top - 0.02), time.monotonic() + 20, expensive).status == "counterexample"
+
+
+def test_children_step_with_their_own_learning_rate(tmp_path, monkeypatch):
+    """The cold root optimises with ``learning_rate``; children, warm-started from their parent's
+    parameters, with the smaller ``child_learning_rate`` (a root-sized first step undid the parent's
+    optimum every generation)."""
+    from nlverify.verifier import activation_split
+
+    model = _model(tmp_path, "tanh", seed=3)
+    top = _grid_max(model)
+    seen = []
+    original = activation_split.bound_activation_domains
+
+    def recording(graph, propagator, boxes, C, iterations, learning_rate, *args, **kwargs):
+        seen.append((args[0] is not None if args else kwargs.get("alphas") is not None, learning_rate))
+        return original(graph, propagator, boxes, C, iterations, learning_rate, *args, **kwargs)
+
+    monkeypatch.setattr(activation_split, "bound_activation_domains", recording)
+    options = BabOptions(mode="activation", learning_rate=0.3, child_learning_rate=0.007)
+    bab_problem(model, _problem(top + 0.05), time.monotonic() + 20, options)
+    assert seen[0] == (False, 0.3)  # the root: cold
+    assert len(seen) > 1 and all(entry == (True, 0.007) for entry in seen[1:])  # children: warm
