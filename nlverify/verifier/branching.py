@@ -46,9 +46,9 @@ and ``|A_x|_i (u - l)_i`` is exactly what dimension ``i`` costs in that minimum)
 midpoint.
 
 Split points come from :func:`split_points`: the pre-optimised table of
-``nlverify.verifier.lookup.branching_points`` when that module exists, else the midpoint, and 0 for
-ReLU/LeakyReLU when 0 lies inside; any point not strictly inside the interval is replaced by the
-midpoint.
+``nlverify.verifier.lookup.branching_points`` (or, for the ablation baseline, the midpoint), and 0 for
+ReLU/LeakyReLU when 0 lies inside under either rule; any point not strictly inside the interval is
+replaced by the midpoint.
 """
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ from nlverify.bounds.crown import BackwardPropagator, DefaultRelaxations
 from nlverify.bounds.interval import Bounds
 from nlverify.bounds.relax import binary_relaxation, unary_relaxation
 from nlverify.graph import Graph, Node
+from nlverify.verifier.lookup import KINK_AT_ZERO, branching_points
 
 __all__ = ["Decision", "anchor_values", "split_targets", "split_points", "coefficients_at", "bbps_scores", "width_scores",
            "choose_splits", "input_split_scores", "MIN_WIDTH"]
@@ -102,14 +103,6 @@ def _consumers(graph: Graph, target: str) -> list[Node]:
     return [graph.nodes[c] for c in graph.consumers[target] if graph.nodes[c].kind in ("unary", "binary")]
 
 
-def _lookup():
-    try:
-        from nlverify.verifier.lookup import branching_points  # written alongside; optional
-    except ImportError:
-        return None
-    return branching_points
-
-
 def split_points(graph: Graph, target: str, lower: Tensor, upper: Tensor, rule: str = "table") -> Tensor:
     """Split point per neuron, strictly inside ``(lower, upper)`` wherever ``upper > lower``. ``rule``:
     ``"table"`` (pre-optimised branching points) or ``"midpoint"`` (the ablation baseline)."""
@@ -122,14 +115,11 @@ def split_points(graph: Graph, target: str, lower: Tensor, upper: Tensor, rule: 
     if len(unary) == len(consumers) == 1:  # one activation reads the target: use its table
         node = unary[0]
         activation = node.op.activation
-        lookup = _lookup() if rule == "table" else None
-        if lookup is not None:
+        if rule == "table" or activation in KINK_AT_ZERO:  # the midpoint baseline still splits kinks at 0
             try:
-                point = lookup(activation, lower, upper, **node.op.params).to(mid)
+                point = branching_points(activation, lower, upper, **node.op.params).to(mid)
             except (KeyError, ValueError, NotImplementedError):
                 point = mid
-        elif activation in ("relu", "leaky_relu"):
-            point = torch.where((lower < 0) & (upper > 0), torch.zeros_like(mid), mid)
     inside = (point > lower) & (point < upper) & torch.isfinite(point)
     return torch.where(inside, point, mid)
 

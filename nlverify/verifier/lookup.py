@@ -62,7 +62,7 @@ ANCHOR_SNAP = 0.02
 #: end (a point moved to the midpoint instead leaves one child with the kink, and the next split of that
 #: child again, and so on: on mnist_fc prop_6 a neuron with box [-1.56, 0.01] was bisected towards 0
 #: round after round and the search ran to depth 41).
-_KINK_AT_ZERO = ("relu", "leaky_relu")
+KINK_AT_ZERO = ("relu", "leaky_relu")
 _ZERO_SPLIT = ("pow",)
 
 
@@ -216,7 +216,7 @@ def _table_points(activation: str, table: BranchingTable, lower: Tensor, upper: 
 def _rule_points(activation: str, lower: Tensor, upper: Tensor) -> Tensor:
     """Rule 3 (and the midpoint for activations without a table)."""
     mid = midpoint(lower, upper)
-    if activation in _KINK_AT_ZERO:
+    if activation in KINK_AT_ZERO:
         return torch.where((lower < 0) & (upper > 0), torch.zeros_like(mid), mid)
     if activation in _ZERO_SPLIT:
         return torch.where(_inside(0.0, lower, upper), torch.zeros_like(mid), mid)
@@ -299,4 +299,4 @@ def binary_branching_points(op: str, lx: Tensor, ux: Tensor, ly: Tensor, uy: Ten
 
 
 __all__ = ["branching_points", "binary_branching_points", "plane_looseness", "load_table", "loaded_tables", "clear_cache",
-           "table_directory", "midpoint", "strictly_inside", "FALLBACKS", "BranchingTable"]
+           "table_directory", "midpoint", "strictly_inside", "KINK_AT_ZERO", "FALLBACKS", "BranchingTable"]
