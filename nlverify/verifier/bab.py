@@ -81,6 +81,8 @@ class BabOptions:
     steer_by_provable_rows: bool = True  # input-split smear skips rows that a short descent finds violated
     # in the box by a sizeable part of their gap (see InputSplitSearch._provable_rows; lsnc output_8:
     # open after 40,577 domains -> proved in 9,257; output_6 5,215 -> 3,055)
+    clip_input_boxes: bool = True  # input split: shrink each box to where its linear bounds allow a
+    # violation (nlverify.verifier.box_clipping)
     refine_intermediate: str = "auto"  # "on"/"off"/"auto": re-bound intermediate boxes of children by CROWN
     refine_max_cost: float = 2e7  # "auto" turns refinement on below this many multiply-adds per domain
     warm_start: bool = True  # keep alphas/betas per domain and start children from them (measured on eran

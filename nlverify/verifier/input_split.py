@@ -33,6 +33,7 @@ from nlverify.bounds.backward_steps import box_minimum
 from nlverify.bounds.crown import CrownOptions, DefaultRelaxations, close_infeasible, propagate_bounds, spec_coefficients
 from nlverify.bounds.forward import forward_bounds
 from nlverify.graph import Graph
+from nlverify.verifier.box_clipping import clip_to_violation
 from nlverify.verifier.branching import input_split_scores, refinement_cost
 from nlverify.verifier.conjunction import conjunction_gap
 from nlverify.verifier.domains import DomainStoreFull, best_rows, closed_domains, domain_gap
@@ -156,8 +157,10 @@ class InputSplitSearch(Search):
         lb, a, constant = bound_input_boxes(self.graph, self.propagator, low, up, self.Cs,
                                             alpha_iterations, self.deadline, self.ds, o.input_bounds)
         known = torch.stack([p.best_lower for p in self.problems])
+        low, up, empty = self._clip([(a, constant)], low, up, problem)
+        lb = torch.maximum(lb, inherited_lower_bound(a, constant, low, up))
         self.push_open(self._input_fields(low, up, lb, a, constant, known, problem), torch.maximum(lb, known),
-                       torch.zeros_like(problem), conjunction_gap(a, constant, self.ds, low, up))
+                       torch.zeros_like(problem), self._gap([(a, constant)], low, up, problem, empty))
         while len(self.store):
             if self.expired():
                 return self.finish("timeout")
@@ -198,18 +201,41 @@ class InputSplitSearch(Search):
             if not open_children.any():
                 continue
             child_low, child_up = child_low[open_children], child_up[open_children]
-            parent_lb, depth = parent_lb[open_children], depth[open_children]
-            child_problem, inherited_gap = child_problem[open_children], inherited_gap[open_children]
+            parent_lb, depth, child_problem = parent_lb[open_children], depth[open_children], child_problem[open_children]
+            parent_bound = (parent_a[open_children], parent_c[open_children])
             lb, a, constant = bound_input_boxes(self.graph, self.propagator, child_low, child_up,
                                                 self.Cs[child_problem], alpha_iterations,
                                                 self.deadline, self.ds[child_problem], o.input_bounds)
-            own_gap = conjunction_gap(a, constant, self.ds[child_problem], child_low, child_up)
+            linear_bounds = [(a, constant), parent_bound]  # the parent's holds on the child too
+            child_low, child_up, empty = self._clip(linear_bounds, child_low, child_up, child_problem)
+            lb = torch.maximum(lb, inherited_lower_bound(a, constant, child_low, child_up))
+            parent_lb = torch.maximum(parent_lb, inherited_lower_bound(*parent_bound, child_low, child_up))
             try:
                 self.push_open(self._input_fields(child_low, child_up, lb, a, constant, parent_lb, child_problem),
-                               torch.maximum(lb, parent_lb), depth, torch.maximum(own_gap, inherited_gap))
+                               torch.maximum(lb, parent_lb), depth,
+                               self._gap(linear_bounds, child_low, child_up, child_problem, empty))
             except DomainStoreFull as error:
                 return self.finish("memory", message=str(error))
         return self.finish("proved")
+
+    def _clip(self, linear_bounds: list[tuple[Tensor, Tensor]], low: Tensor, up: Tensor,
+              problem: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The domains' boxes clipped to where their problem can still be violated, by every linear lower
+        bound ``(A, c)`` given (each valid on the box), and which domains hold no violation at all (see
+        :mod:`nlverify.verifier.box_clipping`). Unchanged boxes when ``clip_input_boxes`` is off."""
+        if not self.options.clip_input_boxes:
+            return low, up, torch.zeros_like(problem, dtype=torch.bool)
+        a = torch.cat([a for a, _ in linear_bounds], 1)
+        constant = torch.cat([c for _, c in linear_bounds], 1)
+        d = self.ds[problem].repeat(1, len(linear_bounds))
+        return clip_to_violation(a, constant, d, low, up)
+
+    def _gap(self, linear_bounds: list[tuple[Tensor, Tensor]], low: Tensor, up: Tensor, problem: Tensor,
+             empty: Tensor) -> Tensor:
+        """``(k,)``: the best conjunction gap of the linear bounds on the boxes, ``+inf`` on empty ones."""
+        d = self.ds[problem]
+        gap = torch.stack([conjunction_gap(a, c, d, low, up) for a, c in linear_bounds]).max(0).values
+        return torch.where(empty, torch.full_like(gap, math.inf), gap)
 
     def _strong_domains(self, depth: Tensor) -> Tensor:
         """``(k,)``: the domains whose split dimension strong branching picks (the others use smear)."""

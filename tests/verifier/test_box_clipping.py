@@ -1,0 +1,110 @@
+"""Box clipping (nlverify.verifier.box_clipping): no point that the linear bounds leave as a possible
+violation is ever cut away, the cut is as deep as the rows allow, and clipped input-split BaB keeps
+its verdicts while bounding fewer domains."""
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from netgen import export, make_net
+from nlverify.model import load_onnx
+from nlverify.verifier.bab import BabOptions, bab_problem
+from nlverify.verifier.box_clipping import clip_to_violation
+from nlverify.verifier.pipeline import Problem
+
+
+def _random_case(seed: int, k: int = 200, m: int = 3, n: int = 4):
+    """Random rows, thresholds and boxes, with degenerate dimensions, zero coefficients, rows without a
+    finite bound, tiny and huge scales."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 10.0 ** torch.randint(-4, 4, (k, 1, 1), generator=g).double()
+    a = torch.randn(k, m, n, generator=g, dtype=torch.float64) * scale
+    a[torch.rand(k, m, n, generator=g) < 0.2] = 0.0
+    centre = torch.randn(k, n, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-2, 3, (k, 1), generator=g)
+    radius = torch.rand(k, n, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-6, 2, (k, 1), generator=g)
+    radius[torch.rand(k, n, generator=g) < 0.1] = 0.0
+    lower, upper = (centre - radius).float(), (centre + radius).float()
+    constant = torch.randn(k, m, generator=g, dtype=torch.float64) * scale.squeeze(-1)
+    constant[torch.rand(k, m, generator=g) < 0.1] = -math.inf
+    # thresholds around the rows' range over the box, so that some boxes are cut, some emptied, some kept
+    low64, up64 = lower.double().unsqueeze(1), upper.double().unsqueeze(1)
+    row_min = constant + (torch.minimum(a * low64, a * up64)).sum(-1)
+    row_max = constant + (torch.maximum(a * low64, a * up64)).sum(-1)
+    t = torch.rand(k, m, generator=g, dtype=torch.float64) * 1.4 - 0.2
+    d = torch.where(torch.isfinite(row_min), row_min + t * (row_max - row_min), torch.zeros_like(row_min)).float()
+    return a.float(), constant, d, lower, upper
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_possible_violation_stays_inside_the_clipped_box(seed):
+    a, constant, d, lower, upper = _random_case(seed)
+    new_lower, new_upper, empty = clip_to_violation(a, constant, d, lower, upper)
+    assert (new_lower >= lower).all() and (new_upper <= upper).all()
+    g = torch.Generator().manual_seed(100 + seed)
+    samples = 4000
+    u = torch.rand(a.shape[0], samples, a.shape[2], generator=g, dtype=torch.float64)
+    u[:, :8] = torch.randint(0, 2, (a.shape[0], 8, a.shape[2]), generator=g).double()  # corners too
+    x = lower.double().unsqueeze(1) + u * (upper.double() - lower.double()).unsqueeze(1)  # (k, s, n)
+    rows = torch.einsum("kmn,ksn->ksm", a.double(), x) + constant.unsqueeze(1) - d.double().unsqueeze(1)
+    rows = torch.where(torch.isfinite(constant).unsqueeze(1), rows, torch.full_like(rows, -math.inf))
+    possible = (rows <= 0).all(-1)  # (k, s): the linear bounds allow a violation here
+    inside = ((x >= new_lower.double().unsqueeze(1)) & (x <= new_upper.double().unsqueeze(1))).all(-1)
+    assert not (possible & ~inside).any()
+    assert not (possible.any(1) & empty).any()
+    # the random cases exercise every outcome
+    shrunk = ((new_lower > lower) | (new_upper < upper)).any(1)
+    assert empty.any() and (shrunk & ~empty).any() and (~shrunk & ~empty).any()
+
+
+def test_the_cut_is_as_deep_as_one_row_allows():
+    # y >= x0 + 2 x1 on [0, 1]^2 and a violation needs y <= 0.5: x0 <= 0.5 and x1 <= 0.25
+    a = torch.tensor([[[1.0, 2.0]]])
+    lower, upper = torch.zeros(1, 2), torch.ones(1, 2)
+    new_lower, new_upper, empty = clip_to_violation(a, torch.zeros(1, 1, dtype=torch.float64),
+                                                    torch.tensor([[0.5]]), lower, upper)
+    assert not empty.item() and new_lower.tolist() == [[0.0, 0.0]]
+    assert new_upper[0, 0].item() == pytest.approx(0.5, abs=1e-5) and new_upper[0, 0].item() >= 0.5
+    assert new_upper[0, 1].item() == pytest.approx(0.25, abs=1e-5) and new_upper[0, 1].item() >= 0.25
+    # a negative coefficient lifts the lower end: y >= -x0 + 1 and y <= 0.25 need x0 >= 0.75
+    new_lower, _, _ = clip_to_violation(torch.tensor([[[-1.0, 0.0]]]), torch.ones(1, 1, dtype=torch.float64),
+                                        torch.tensor([[0.25]]), lower, upper)
+    assert new_lower[0, 0].item() == pytest.approx(0.75, abs=1e-5) and new_lower[0, 0].item() <= 0.75
+
+
+def test_two_rows_that_exclude_each_other_empty_the_box():
+    # y0 >= x0 needs x0 <= 0.4; y1 >= 1 - x0 needs x0 >= 0.6: no violation anywhere, though neither
+    # row alone proves the box
+    a = torch.tensor([[[1.0], [-1.0]]])
+    constant = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    _, _, empty = clip_to_violation(a, constant, torch.tensor([[0.4, 0.4]]), torch.zeros(1, 1), torch.ones(1, 1))
+    assert empty.tolist() == [True]
+    _, _, empty = clip_to_violation(a, constant, torch.tensor([[0.6, 0.6]]), torch.zeros(1, 1), torch.ones(1, 1))
+    assert empty.tolist() == [False]
+
+
+def _problem(d: float, inputs: int = 2) -> Problem:
+    low, up = -torch.ones(inputs), torch.ones(inputs)
+    return Problem(0, 0, low, up, torch.ones(1, 1), torch.tensor([d]), torch.full((1,), -math.inf))
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sin", "gelu"])
+def test_clipped_search_keeps_its_verdicts_with_fewer_domains(tmp_path, activation):
+    net, shape = make_net(activation, "mlp", seed=3, width=16, inputs=2, outputs=1)
+    model = load_onnx(export(net, shape, tmp_path / "net.onnx"))
+    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, 401), torch.linspace(-1, 1, 401),
+                                      indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        bottom = float(model.forward(grid).min())
+    proved, found = {}, {}
+    for clip in (False, True):
+        options = BabOptions(mode="input", clip_input_boxes=clip)
+        proved[clip] = bab_problem(model, _problem(bottom - 0.02), time.monotonic() + 30, options)
+        found[clip] = bab_problem(model, _problem(bottom + 0.02), time.monotonic() + 30, options)
+    for clip in (False, True):
+        assert proved[clip].status == "proved", (clip, proved[clip])
+        assert found[clip].status == "counterexample", (clip, found[clip])
+    # measured: relu 11 -> 9 domains, tanh 13 -> 5, sin 7 -> 3, gelu 9 -> 7
+    assert proved[True].domains < proved[False].domains
