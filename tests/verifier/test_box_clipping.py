@@ -16,7 +16,7 @@ from nlverify.verifier.box_clipping import clip_to_violation
 from nlverify.verifier.pipeline import Problem
 
 
-def _random_case(seed: int, k: int = 200, m: int = 3, n: int = 4):
+def _random_case(seed: int, k: int = 200, m: int = 3, n: int = 4, cut: tuple[float, float] = (-0.2, 1.2)):
     """Random rows, thresholds and boxes, with degenerate dimensions, zero coefficients, rows without a
     finite bound, tiny and huge scales."""
     g = torch.Generator().manual_seed(seed)
@@ -33,15 +33,16 @@ def _random_case(seed: int, k: int = 200, m: int = 3, n: int = 4):
     low64, up64 = lower.double().unsqueeze(1), upper.double().unsqueeze(1)
     row_min = constant + (torch.minimum(a * low64, a * up64)).sum(-1)
     row_max = constant + (torch.maximum(a * low64, a * up64)).sum(-1)
-    t = torch.rand(k, m, generator=g, dtype=torch.float64) * 1.4 - 0.2
+    t = cut[0] + torch.rand(k, m, generator=g, dtype=torch.float64) * (cut[1] - cut[0])
     d = torch.where(torch.isfinite(row_min), row_min + t * (row_max - row_min), torch.zeros_like(row_min)).float()
     return a.float(), constant, d, lower, upper
 
 
+@pytest.mark.parametrize("pairs", [False, True])
 @pytest.mark.parametrize("seed", range(5))
-def test_every_possible_violation_stays_inside_the_clipped_box(seed):
+def test_every_possible_violation_stays_inside_the_clipped_box(seed, pairs):
     a, constant, d, lower, upper = _random_case(seed)
-    new_lower, new_upper, empty = clip_to_violation(a, constant, d, lower, upper)
+    new_lower, new_upper, empty = clip_to_violation(a, constant, d, lower, upper, pairs=pairs)
     assert (new_lower >= lower).all() and (new_upper <= upper).all()
     g = torch.Generator().manual_seed(100 + seed)
     samples = 4000
@@ -85,6 +86,19 @@ def test_two_rows_that_exclude_each_other_empty_the_box():
     assert empty.tolist() == [False]
 
 
+def test_a_pair_of_rows_cuts_deeper_than_either_row():
+    # violations need x0 - x1 <= 0 and x0 + x1 - 0.5 <= 0 on [0, 1]^2, so x0 <= 0.25 (at x0 = x1); each
+    # row alone only gives x0 <= 0.5; their average, x0 - 0.25 <= 0, is a kink of the pair
+    a = torch.tensor([[[1.0, -1.0], [1.0, 1.0]]])
+    constant = torch.tensor([[0.0, -0.5]], dtype=torch.float64)
+    lower, upper = torch.zeros(1, 2), torch.ones(1, 2)
+    _, single, _ = clip_to_violation(a, constant, torch.zeros(1, 2), lower, upper, pairs=False)
+    _, paired, _ = clip_to_violation(a, constant, torch.zeros(1, 2), lower, upper)
+    assert single[0, 0].item() == pytest.approx(0.5, abs=1e-5)
+    assert paired[0, 0].item() == pytest.approx(0.25, abs=1e-5) and paired[0, 0].item() >= 0.25
+    assert paired[0, 1].item() == pytest.approx(0.5, abs=1e-5)
+
+
 def _problem(d: float, inputs: int = 2) -> Problem:
     low, up = -torch.ones(inputs), torch.ones(inputs)
     return Problem(0, 0, low, up, torch.ones(1, 1), torch.tensor([d]), torch.full((1,), -math.inf))
@@ -108,3 +122,47 @@ def test_clipped_search_keeps_its_verdicts_with_fewer_domains(tmp_path, activati
         assert found[clip].status == "counterexample", (clip, found[clip])
     # measured: relu 11 -> 9 domains, tanh 13 -> 5, sin 7 -> 3, gelu 9 -> 7
     assert proved[True].domains < proved[False].domains
+
+
+def test_two_rows_clip_to_the_exact_projection_of_their_polytope():
+    """With two rows, each new end is the exact extreme of ``x_j`` over ``{x in box: h_1, h_2 <= 0}``
+    (a linear program), up to the proof margin: never inside it (unsound), and never beyond the
+    extreme of the same program with the thresholds raised by a bound on the margin."""
+    from scipy.optimize import linprog
+
+    from nlverify.verifier.pipeline import PROOF_ABS_TOL, PROOF_REL_TOL
+
+    a, constant, d, lower, upper = _random_case(7, k=80, m=2, n=3, cut=(0.2, 0.6))
+    keep = torch.isfinite(constant).all(1) & ((upper - lower).min(1).values > 1e-3)
+    a, constant, d, lower, upper = a[keep], constant[keep], d[keep], lower[keep], upper[keep]
+    new_lower, new_upper, empty = clip_to_violation(a, constant, d, lower, upper, rounds=1)
+
+    def extreme(objective, A, b, box):
+        solved = linprog(objective, A_ub=A, b_ub=b, bounds=box, method="highs")
+        assert solved.status in (0, 2)
+        return None if solved.status == 2 else solved.fun
+
+    checked = 0
+    for k in range(a.shape[0]):
+        A = a[k].double().numpy()
+        b = (d[k].double() - constant[k]).numpy()
+        box = list(zip(lower[k].double().tolist(), upper[k].double().tolist()))
+        reach = float(a[k].double().abs().sum(1).max()) * float(torch.maximum(lower[k].abs(), upper[k].abs()).max())
+        margin = 2 * (PROOF_ABS_TOL + PROOF_REL_TOL * (float(b.__abs__().max()) + float(d[k].abs().max()) + reach))
+        for j in range(A.shape[1]):
+            for sign, end in ((1.0, new_lower), (-1.0, new_upper)):
+                objective = [0.0] * A.shape[1]
+                objective[j] = sign
+                exact = extreme(objective, A, b, box)
+                if exact is None:
+                    continue  # the box holds no violation; clipping may or may not see it
+                assert not empty[k], k
+                loose = extreme(objective, A, b + margin, box)
+                value = sign * end[k, j].item()  # the clip's bound on sign * x_j, as a minimum
+                assert value <= exact + 1e-9 * (1 + abs(exact)), (k, j, sign)
+                assert value >= loose - 1e-9 * (1 + abs(loose)), (k, j, sign)
+                checked += 1
+    assert checked > 50
+    # the pair's combinations matter on these cases: single rows leave some ends looser
+    single_lower, single_upper, _ = clip_to_violation(a, constant, d, lower, upper, rounds=1, pairs=False)
+    assert ((single_upper > new_upper) | (single_lower < new_lower))[~empty].any()
