@@ -4,7 +4,8 @@ A domain is a sub-box of the region, halved along one dimension chosen by one of
 the largest ``|A_x| (u - l)`` of the row the domain's own bound favours. *Strong branching*: all ``2 n``
 candidate children of every domain are bounded at once with cheap forward affine bounds
 (:mod:`nlverify.bounds.forward`) and the dimension whose worse child is best wins. With few inputs
-(``STRONG_BRANCHING_MAX_INPUTS``) the rules alternate by depth (strong at even depth, smear at odd).
+(``STRONG_BRANCHING_MAX_INPUTS``) the rules alternate by depth (strong at even depth, smear at odd, in
+these measurements; now strong every ``BabOptions.strong_every`` depths, see there).
 Measured on ACAS Xu (domains to a proof, 30-55 s budget): 2_2 prop_1 smear 62,721, strong 203,
 alternate 203; 1_1 prop_3 smear 6,017, strong >47,000 (unproved), alternate 5,519; 1_1 prop_5 problem 0
 smear 1,381, strong >81,000 (unproved), alternate 499; 1_8 prop_2 smear >197,000 and strong >76,000
@@ -247,7 +248,7 @@ class InputSplitSearch(Search):
             # fixed: on dist_shift (8 free of 792) alternating bounded 69 domains in 55 s, smear 1,735 in 42 s
             rule = "alternate" if self.graph.num_inputs <= STRONG_BRANCHING_MAX_INPUTS else "smear"
         if rule == "alternate":
-            return depth % 2 == 0
+            return depth % max(self.options.strong_every, 1) == 0
         return torch.full_like(depth, rule == "strong", dtype=torch.bool)
 
     def strong_input_scores(self, low: Tensor, up: Tensor, problem: Tensor) -> Tensor:

@@ -65,3 +65,16 @@ def test_hopeless_only_with_a_witness(tmp_path):
     assert not (~provable[:, 0] & (bowl_min > RHO)).any()
     assert not (~provable[:, 1] & (line_min > 4.5)).any()
     assert (~provable[:, 0]).any() and provable[:, 0].any()
+
+
+def test_alternate_branching_is_strong_every_few_depths(tmp_path):
+    model = load_onnx(export(_BowlAndLine(), (2,), tmp_path / "bowl.onnx"))
+    problem = Problem(0, 0, -torch.ones(2), torch.ones(2), torch.eye(2), torch.ones(2), torch.full((2,), -math.inf))
+    depth = torch.arange(9)
+    for every, expected in ((4, [0, 4, 8]), (2, [0, 2, 4, 6, 8]), (1, list(range(9)))):
+        options = BabOptions(mode="input", input_branching="alternate", strong_every=every)
+        strong = InputSplitSearch(model, [problem], time.monotonic() + 30, options)._strong_domains(depth)
+        assert depth[strong].tolist() == expected
+    # auto: alternate on few inputs (this model has 2)
+    auto = InputSplitSearch(model, [problem], time.monotonic() + 30, BabOptions(mode="input"))
+    assert depth[auto._strong_domains(depth)].tolist() == [0, 4, 8]
