@@ -42,7 +42,7 @@ from torch import Tensor
 from nlverify.bounds.backward_steps import box_minimum
 from nlverify.verifier.pipeline import PROOF_ABS_TOL, PROOF_REL_TOL
 
-__all__ = ["clip_to_violation"]
+__all__ = ["CLIP_ROUNDS", "clip_to_violation"]
 
 CLIP_ROUNDS = 2
 
