@@ -34,7 +34,7 @@ from nlverify.bounds.interval import Bounds, node_interval
 from nlverify.bounds.relax import binary_relaxation, unary_relaxation
 from nlverify.graph import Graph, Node
 
-__all__ = ["AffineBounds", "forward_bounds"]
+__all__ = ["AffineBounds", "forward_bounds", "forward_row_bounds"]
 
 
 @dataclass
@@ -114,6 +114,30 @@ def forward_bounds(graph: Graph, lower: Tensor, upper: Tensor, propagator) -> di
     """Boxes for every node of ``graph`` on the input boxes ``(B, n)``: forward affine bounds concretised
     on the box and intersected with IBP (see the module docstring). ``propagator`` supplies the linear
     ops' constant terms (cached)."""
+    return _forward(graph, lower, upper, propagator)[0]
+
+
+def forward_row_bounds(graph: Graph, lower: Tensor, upper: Tensor, propagator, C: Tensor) -> Tensor:
+    """``(B, m)`` lower bounds of the rows ``C y`` (``C`` ``(B, m, outputs)``) from the output's forward
+    affine bounds alone: ``C+ L(x) + C- U(x)`` minimised over the box, at least the rows' bound from the
+    output box. No backward pass: looser than CROWN on the same boxes, and cheap enough to score many
+    candidate splits (:meth:`~nlverify.verifier.input_split.InputSplitSearch.strong_input_scores`)."""
+    boxes, output = _forward(graph, lower, upper, propagator)
+    batch, n = lower.shape[0], lower.shape[1]
+    positive, negative = C.clamp(min=0), C.clamp(max=0)
+    coeffs = (positive @ output.LA.reshape(batch, n, -1).transpose(1, 2)
+              + negative @ output.UA.reshape(batch, n, -1).transpose(1, 2))  # (B, m, n)
+    constant = ((positive * output.Lc.reshape(batch, 1, -1)).sum(-1)
+                + (negative * output.Uc.reshape(batch, 1, -1)).sum(-1))
+    centre, radius = (lower + upper).reshape(batch, 1, n) / 2, (upper - lower).reshape(batch, 1, n) / 2
+    affine = constant + (coeffs * centre).sum(-1) - (coeffs.abs() * radius).sum(-1)
+    y_low, y_up = (b.reshape(batch, 1, -1) for b in boxes[graph.output_name])
+    interval = (positive * y_low + negative * y_up).sum(-1)
+    return torch.maximum(affine, interval)
+
+
+def _forward(graph: Graph, lower: Tensor, upper: Tensor, propagator) -> tuple[dict[str, Bounds], AffineBounds]:
+    """Every node's box and the output node's affine bounds (see :func:`forward_bounds`)."""
     batch, n = lower.shape[0], lower.shape[1]
     lower = lower.reshape(batch, n)
     upper = upper.reshape(batch, n)
@@ -142,4 +166,4 @@ def forward_bounds(graph: Graph, lower: Tensor, upper: Tensor, propagator) -> di
         # both ends are sound; crossing ends can only be rounding on a (near-)constant node: keep both
         bounds[node.name] = (torch.minimum(low, up), torch.maximum(low, up))
         affine[node.name] = result
-    return bounds
+    return bounds, affine[graph.output_name]

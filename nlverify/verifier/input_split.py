@@ -32,7 +32,7 @@ from torch import Tensor
 from nlverify.bounds.alpha import AlphaOptions, alpha_crown
 from nlverify.bounds.backward_steps import box_minimum
 from nlverify.bounds.crown import CrownOptions, DefaultRelaxations, close_infeasible, propagate_bounds, spec_coefficients
-from nlverify.bounds.forward import forward_bounds
+from nlverify.bounds.forward import forward_bounds, forward_row_bounds
 from nlverify.graph import Graph
 from nlverify.verifier.box_clipping import CLIP_ROUNDS, clip_to_violation
 from nlverify.verifier.branching import input_split_scores, refinement_cost
@@ -260,7 +260,10 @@ class InputSplitSearch(Search):
     def strong_input_scores(self, low: Tensor, up: Tensor, problem: Tensor) -> Tensor:
         """``(k, n)``: per domain and input dimension, the gap of the worse child when that dimension is
         halved, from cheap forward bounds of the ``2 f`` children of every domain at once (``f`` free
-        dimensions; a fixed dimension scores ``-inf``; higher is better)."""
+        dimensions; a fixed dimension scores ``-inf``; higher is better). The children's rows are bounded by
+        the output's forward affine bounds alone (:func:`~nlverify.bounds.forward.forward_row_bounds`); a
+        backward pass on top chose the same splits on lsnc (state_6: 574,021 domains against 573,893)
+        at 13 % more time, and the same times on ACAS Xu."""
         k, n = low.shape
         free = free_dims(self.problem)
         f = free.numel()
@@ -268,8 +271,8 @@ class InputSplitSearch(Search):
         point = ((low + up) / 2).repeat(f, 1).gather(1, dims.unsqueeze(1)).squeeze(1)
         child_low, child_up = split_box(low.repeat(f, 1), up.repeat(f, 1), dims, point)  # (2 f k, n)
         child_problem = problem.repeat(2 * f)
-        lb, _, _ = bound_input_boxes(self.graph, self.propagator, child_low, child_up,
-                                     self.Cs[child_problem], intermediate="forward")
+        with torch.no_grad():
+            lb = forward_row_bounds(self.graph, child_low, child_up, self.propagator, self.Cs[child_problem])
         gap = domain_gap(lb, self.ds[child_problem]).reshape(2, f, k)
         scores = torch.full((k, n), -math.inf, dtype=gap.dtype, device=gap.device)
         scores[:, free] = gap.min(0).values.transpose(0, 1)

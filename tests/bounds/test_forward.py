@@ -33,3 +33,31 @@ def test_forward_bounds_contain_samples_and_beat_ibp(tmp_path, activation, archi
         tol = 1e-9 * (1 + v.abs())
         assert (v >= low - tol).all() and (v <= up + tol).all(), name
         assert (low >= ibp[name][0] - 1e-12).all() and (up <= ibp[name][1] + 1e-12).all(), name
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_forward_row_bounds_hold_and_beat_the_output_box(tmp_path, activation):
+    """``C y`` bounded from the output's affine bounds: below every sampled value, and never looser than
+    the bound from the output box (tighter on difference rows, where the affine form keeps the
+    correlation between outputs)."""
+    from nlverify.bounds.forward import forward_row_bounds
+
+    net, shape = make_net(activation, "mlp", seed=5, width=12, inputs=3, outputs=3)
+    model = load_onnx(export(net, shape, tmp_path / "net.onnx"))
+    model.to(dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    lower = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    upper = lower + torch.rand(5, 3, generator=g, dtype=torch.float64) * torch.tensor([0, 1e-4, 0.1, 0.5, 2])[:, None]
+    C = torch.tensor([[1.0, 0, 0], [0, -1.0, 0], [1.0, -1.0, 0], [0.5, 0.25, -2.0]], dtype=torch.float64)
+    C = C.expand(5, -1, -1)
+    rows = forward_row_bounds(model.graph, lower, upper, model.propagator, C)
+    t = torch.rand(4000, 5, 3, generator=g, dtype=torch.float64)
+    t[:8] = (t[:8] > 0.5).double()
+    y = model.forward((lower + t * (upper - lower)).reshape(-1, 3)).reshape(4000, 5, 3)
+    values = torch.einsum("bmo,sbo->sbm", C, y)
+    assert (values >= rows - 1e-9 * (1 + values.abs())).all()
+    y_low, y_up = forward_bounds(model.graph, lower, upper, model.propagator)[model.graph.output_name]
+    y_low, y_up = y_low.reshape(5, 1, -1), y_up.reshape(5, 1, -1)
+    from_box = (C.clamp(min=0) * y_low + C.clamp(max=0) * y_up).sum(-1)
+    assert (rows >= from_box - 1e-12).all()
+    assert (rows > from_box + 1e-9).any()  # the affine form is tighter somewhere
