@@ -25,7 +25,7 @@ from torch import Tensor
 
 from nlverify import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
 from nlverify.graph import Graph
-from nlverify.verifier.domains import DomainStore, closed_domains, domain_gap
+from nlverify.verifier.domains import DomainStore, domain_gap
 from nlverify.verifier.pipeline import Problem
 
 if TYPE_CHECKING:
@@ -145,12 +145,10 @@ class Search:
                   conjunction_gap: Tensor | None = None) -> None:
         """Store the domains not yet closed. ``conjunction_gap`` (``(k,)``, optional): a gap of the whole
         conjunction (:mod:`nlverify.verifier.conjunction`); ``> 0`` closes a domain like a proved row."""
-        d = self.ds[fields["problem"]]
-        gap = domain_gap(lower, d)
-        keep = ~closed_domains(lower, d)
+        gap = domain_gap(lower, self.ds[fields["problem"]])  # > 0 exactly where closed_domains says closed
         if conjunction_gap is not None:
             gap = torch.maximum(gap, conjunction_gap)
-            keep &= ~(conjunction_gap > 0)
+        keep = ~(gap > 0)
         if faults.ACTIVE: keep = faults.drop_domains(keep)  # TEST-ONLY fault hook (faults.py)
         self.report.domains += lower.shape[0]
         if keep.any():

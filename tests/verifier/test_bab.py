@@ -111,6 +111,15 @@ def test_gap_and_closing_rules():
     assert closed_domains(lower, d).tolist() == [True, False, True, False]
     gap = domain_gap(lower, d)
     assert gap[0] > 0 and gap[1] < 0 and gap[2] == float("inf") and torch.isfinite(gap[3])
+    # the store keeps a domain exactly when its gap is not positive: the same rule as closed_domains,
+    # margins, infinities and NaN included
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(2000, 3, generator=g) * 10 ** torch.randint(-3, 4, (2000, 1), generator=g)
+    lower = d + torch.randn(2000, 3, generator=g) * 10.0 ** torch.randint(-9, 1, (2000, 3), generator=g)
+    special = torch.tensor([float("inf"), -float("inf"), float("nan")])
+    pick = torch.rand(2000, 3, generator=g) < 0.05
+    lower[pick] = special[torch.randint(0, 3, (int(pick.sum()),), generator=g)]
+    assert ((domain_gap(lower, d) > 0) == closed_domains(lower, d)).all()
 
 
 def test_pipeline_hook_returns_one_outcome_per_problem(tmp_path):
