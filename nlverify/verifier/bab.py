@@ -79,9 +79,10 @@ class BabOptions:
     input_branching: str = "auto"  # "smear", "strong" (try every dimension), "alternate" (strong at depths
     # that are multiples of strong_every, smear elsewhere), "auto": alternate up to STRONG_BRANCHING_MAX_INPUTS
     # inputs, else smear
-    strong_every: int = 4  # measured with box clipping (BaB alone / whole pipeline): lsnc state_6 2 -> 68.6 s,
-    # 4 -> 61.5 s; state_8 39.6 / 35.0 (3) / 34.3 s; state_4 13.4 / 12.2 s; ACAS Xu 1_1 prop_5 6.9 / 6.5 s,
-    # 3_3 prop_9 8.4 / 8.2 s, 1_1 prop_3 5.0 / 4.1 s; strong scoring bounds 2 n children per domain
+    strong_every: int = 8  # strong scoring bounds 2 n children per domain; with box clipping and forward-only
+    # scores, BaB alone: lsnc state_6 every 2 -> 68.6 s, 4 -> 52.9, 6 -> 48.9, 8 -> 46.8, 12 -> 47.0;
+    # state_8 39.6 / 28.8 / 26.5 / 26.7 / 27.5; whole pipeline on ACAS Xu 1_1 prop_5 (4 / 8) 6.7 / 7.1 s,
+    # 3_3 prop_9 8.3 / 8.4 s, 1_1 prop_3 4.2 / 4.0 s; pure smear (no strong depths) timed out on state_8
     steer_by_provable_rows: bool = True  # input-split smear skips rows that a short descent finds violated
     # in the box by a sizeable part of their gap (see InputSplitSearch._provable_rows; lsnc output_8:
     # open after 40,577 domains -> proved in 9,257; output_6 5,215 -> 3,055)

@@ -75,6 +75,6 @@ def test_alternate_branching_is_strong_every_few_depths(tmp_path):
         options = BabOptions(mode="input", input_branching="alternate", strong_every=every)
         strong = InputSplitSearch(model, [problem], time.monotonic() + 30, options)._strong_domains(depth)
         assert depth[strong].tolist() == expected
-    # auto: alternate on few inputs (this model has 2)
-    auto = InputSplitSearch(model, [problem], time.monotonic() + 30, BabOptions(mode="input"))
-    assert depth[auto._strong_domains(depth)].tolist() == [0, 4, 8]
+    # auto: alternate on few inputs (this model has 2), every BabOptions.strong_every depths
+    auto = InputSplitSearch(model, [problem], time.monotonic() + 30, BabOptions(mode="input", strong_every=3))
+    assert depth[auto._strong_domains(depth)].tolist() == [0, 3, 6]
