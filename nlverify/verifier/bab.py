@@ -56,7 +56,11 @@ class BabOptions:
     mode: str = "auto"  # "auto": input split when the region leaves <= input_split_max_inputs inputs free
     input_split_max_inputs: int = 32
     batch_domains: int = 256  # activation split: domains popped per round (2x children bounded)
-    input_batch_domains: int = 2048  # input split: domains popped per round
+    input_batch_domains: int | str = "auto"  # input split: domains popped per round; "auto": 8192 on networks
+    # whose CROWN pass per domain costs under input_large_batch_max_cost multiply-adds, else 2048 (lsnc state,
+    # cost 6.6e3, BaB alone: state_6 problem 0 2048 -> 46.8 s, 8192 -> 33.4 s; state_8 26.7 / 4096 22.6 /
+    # 21.3 s; the per-round work is shared overhead on such small nets)
+    input_large_batch_max_cost: float = 1e5
     iterations: int = 4  # alpha/beta iterations per activation-split round (warm-started; eran 7903, 60 s:
     # 8 -> 2561 domains, worst gap -1.53; 4 -> 3839, -1.38; 2 -> 3925, -1.49)
     root_iterations: int = 30  # output alpha iterations at the activation-split root

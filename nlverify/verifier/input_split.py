@@ -42,7 +42,8 @@ from nlverify.verifier.pipeline import free_dims
 from nlverify.verifier.search import BabReport, Search
 
 __all__ = ["InputSplitSearch", "bound_input_boxes", "linear_minimiser", "inherited_lower_bound",
-           "split_box", "free_dims", "input_alpha_iterations", "INPUT_BOUNDS", "INPUT_BRANCHING", "STRONG_BRANCHING_MAX_INPUTS"]
+           "split_box", "free_dims", "input_alpha_iterations", "input_batch_domains", "INPUT_BOUNDS",
+           "INPUT_BRANCHING", "STRONG_BRANCHING_MAX_INPUTS"]
 
 STEERING_STEPS = 4  # descent steps per row that test whether a row can still be proved on a box
 STEERING_TOLERANCE = 0.25  # a row violated by less than this fraction of its bound's gap still steers
@@ -145,6 +146,18 @@ def input_alpha_iterations(graph: Graph, options) -> int:
     return AUTO_INPUT_ALPHA_ITERATIONS if refinement_cost(graph) >= options.input_alpha_min_cost else 0
 
 
+def input_batch_domains(graph: Graph, options) -> int:
+    """Domains popped per input-split round: ``options.input_batch_domains``, or for ``"auto"``
+    :data:`LARGE_INPUT_BATCH` on networks whose CROWN pass per domain costs under
+    ``options.input_large_batch_max_cost`` multiply-adds, else :data:`INPUT_BATCH` (see ``BabOptions``)."""
+    if options.input_batch_domains != "auto":
+        return int(options.input_batch_domains)
+    return LARGE_INPUT_BATCH if refinement_cost(graph) < options.input_large_batch_max_cost else INPUT_BATCH
+
+
+INPUT_BATCH, LARGE_INPUT_BATCH = 2048, 8192
+
+
 class InputSplitSearch(Search):
     """Input-split branch and bound over the problems' shared region box."""
 
@@ -152,6 +165,7 @@ class InputSplitSearch(Search):
         self.report.mode = "input"
         o = self.options
         alpha_iterations = input_alpha_iterations(self.graph, o)
+        batch_domains = input_batch_domains(self.graph, o)
         problem = torch.arange(len(self.problems), device=self.Cs.device)
         low = self.problem.lower.unsqueeze(0).expand(len(self.problems), -1)
         up = self.problem.upper.unsqueeze(0).expand(len(self.problems), -1)
@@ -166,7 +180,7 @@ class InputSplitSearch(Search):
             if self.expired():
                 return self.finish("timeout")
             self.report.rounds += 1
-            batch = self.pop(o.input_batch_domains)
+            batch = self.pop(batch_domains)
             f = batch.fields
             low, up, problem = f["low"], f["up"], f["problem"]
             centre_or_corner = torch.cat([linear_minimiser(f["a"], low, up), (low + up) / 2])

@@ -218,6 +218,22 @@ def test_a_region_that_fixes_most_inputs_is_searched_by_input_split(tmp_path):
         assert found.status == "counterexample"
 
 
+def test_input_batch_auto_follows_the_per_domain_cost(tmp_path, monkeypatch):
+    """``auto`` pops large batches on cheap networks (per-round overhead dominates there) and the usual
+    batch elsewhere; an explicit size always wins, and the search pops what the rule says."""
+    from nlverify.verifier.input_split import INPUT_BATCH, LARGE_INPUT_BATCH, InputSplitSearch, input_batch_domains
+    model = _model(tmp_path, "tanh")
+    assert input_batch_domains(model.graph, BabOptions()) == LARGE_INPUT_BATCH  # a 2-16-16-1 net is cheap
+    assert input_batch_domains(model.graph, BabOptions(input_large_batch_max_cost=0.0)) == INPUT_BATCH
+    assert input_batch_domains(model.graph, BabOptions(input_batch_domains=7)) == 7
+    popped = []
+    original = InputSplitSearch.pop
+    monkeypatch.setattr(InputSplitSearch, "pop", lambda self, k: popped.append(k) or original(self, k))
+    report = bab_problem(model, _problem(_grid_max(model) + 0.005), time.monotonic() + 20,
+                         BabOptions(mode="input", input_batch_domains=7))
+    assert report.status == "proved" and popped and set(popped) == {7}
+
+
 def test_input_alpha_iterations_auto_follows_the_per_domain_cost(tmp_path):
     """``auto`` spends alpha iterations on input-split children only on networks whose CROWN pass per
     domain is expensive (few domains are affordable there); an explicit count always wins."""
