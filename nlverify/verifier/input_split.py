@@ -19,7 +19,8 @@ quadratic-form rewrite: open after 40,577 domains without, proved in 9,257 with)
 
 A child that the parent's own linear bound ``A x + c`` (valid on any sub-box) already closes is not
 bounded again; the others are bounded by CROWN with CROWN intermediate bounds (thousands of boxes per
-call). Falsification tries the minimiser of each domain's linear bound (``x* = l where A_x > 0 else
+call), and each is then clipped to the part where its own and its parent's linear bounds still allow
+a violation (:mod:`nlverify.verifier.box_clipping`; an emptied box is closed). Falsification tries the minimiser of each domain's linear bound (``x* = l where A_x > 0 else
 u``) and its centre.
 """
 from __future__ import annotations
