@@ -222,8 +222,12 @@ class InputSplitSearch(Search):
             lb, a, constant = bound_input_boxes(self.graph, self.propagator, child_low, child_up,
                                                 self.Cs[child_problem], alpha_iterations,
                                                 self.deadline, self.ds[child_problem], o.input_bounds)
-            linear_bounds = [(a, constant), parent_bound]  # the parent's holds on the child too
-            child_low, child_up, empty = self._clip(linear_bounds, child_low, child_up, child_problem)
+            width_before = child_up - child_low
+            child_low, child_up, empty = self._clip([(a, constant), parent_bound],  # the parent's holds too
+                                                    child_low, child_up, child_problem)
+            child_low, child_up, lb, a, constant, empty = self._rebound_shrunk(
+                width_before, child_low, child_up, child_problem, (lb, a, constant), empty, alpha_iterations)
+            linear_bounds = [(a, constant), parent_bound]
             lb = torch.maximum(lb, inherited_lower_bound(a, constant, child_low, child_up))
             parent_lb = torch.maximum(parent_lb, inherited_lower_bound(*parent_bound, child_low, child_up))
             try:
@@ -251,6 +255,35 @@ class InputSplitSearch(Search):
                                                    pairs=own)
             empty |= none_fits
         return low, up, empty
+
+    def _rebound_shrunk(self, width_before: Tensor, low: Tensor, up: Tensor, problem: Tensor,
+                        bound: tuple[Tensor, Tensor, Tensor], empty: Tensor,
+                        alpha_iterations: int) -> tuple[Tensor, ...]:
+        """Bound again the boxes that clipping left with less than ``rebound_volume_ratio`` of their volume:
+        the bound on the smaller box is tighter at once and often closes it without a split. Per row the
+        better of the two linear bounds is kept (both hold on the clipped box and its sub-boxes), and the
+        box is clipped once more by it. Returns ``(low, up, lb, A, c, empty)``."""
+        lb, a, constant = bound
+        ratio = self.options.rebound_volume_ratio
+        if ratio <= 0 or not self.options.clip_input_boxes:
+            return low, up, lb, a, constant, empty
+        kept = torch.where(width_before > 0, (up - low) / torch.where(width_before > 0, width_before, 1.0), 1.0)
+        again = torch.nonzero(~empty & (kept.clamp(max=1).prod(1) < ratio)).flatten()
+        if again.numel() == 0:
+            return low, up, lb, a, constant, empty
+        o = self.options
+        lb_new, a_new, c_new = bound_input_boxes(self.graph, self.propagator, low[again], up[again],
+                                                 self.Cs[problem[again]], alpha_iterations, self.deadline,
+                                                 self.ds[problem[again]], o.input_bounds)
+        better = torch.nan_to_num(lb_new, nan=-math.inf) > torch.nan_to_num(lb[again], nan=-math.inf)
+        low, up, lb, a, constant, empty = (t.clone() for t in (low, up, lb, a, constant, empty))
+        lb[again] = torch.maximum(lb[again], lb_new)
+        a[again] = torch.where(better.unsqueeze(-1), a_new, a[again])
+        constant[again] = torch.where(better, c_new, constant[again])
+        low[again], up[again], none_fits = self._clip([(a[again], constant[again])], low[again], up[again],
+                                                      problem[again])
+        empty[again] |= none_fits
+        return low, up, lb, a, constant, empty
 
     def _gap(self, linear_bounds: list[tuple[Tensor, Tensor]], low: Tensor, up: Tensor, problem: Tensor,
              empty: Tensor) -> Tensor:
