@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nlverify.bounds.backward_steps import box_minimum
 from nlverify.bounds.interval import Bounds, node_interval
 from nlverify.bounds.relax import binary_relaxation, unary_relaxation
 from nlverify.graph import Graph, Node
@@ -129,8 +130,7 @@ def forward_row_bounds(graph: Graph, lower: Tensor, upper: Tensor, propagator, C
               + negative @ output.UA.reshape(batch, n, -1).transpose(1, 2))  # (B, m, n)
     constant = ((positive * output.Lc.reshape(batch, 1, -1)).sum(-1)
                 + (negative * output.Uc.reshape(batch, 1, -1)).sum(-1))
-    centre, radius = (lower + upper).reshape(batch, 1, n) / 2, (upper - lower).reshape(batch, 1, n) / 2
-    affine = constant + (coeffs * centre).sum(-1) - (coeffs.abs() * radius).sum(-1)
+    affine = constant + box_minimum(coeffs, lower.reshape(batch, n), upper.reshape(batch, n))
     y_low, y_up = (b.reshape(batch, 1, -1) for b in boxes[graph.output_name])
     interval = (positive * y_low + negative * y_up).sum(-1)
     return torch.maximum(affine, interval)

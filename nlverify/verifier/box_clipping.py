@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from nlverify.bounds.backward_steps import box_minimum
+from nlverify.verifier.conjunction import pair_kinks
 from nlverify.verifier.pipeline import PROOF_ABS_TOL, PROOF_REL_TOL
 
 __all__ = ["CLIP_ROUNDS", "clip_to_violation"]
@@ -62,9 +63,7 @@ def _with_pair_combinations(a: Tensor, h: Tensor, scale_floor: Tensor) -> tuple[
     rows themselves; see the module docstring). A combination with a non-finite row is non-finite, so it never cuts."""
     rows, constants, floors = [a], [h], [scale_floor]
     for i, j in combinations(range(a.shape[1]), 2):
-        difference = a[:, j] - a[:, i]
-        kinks = torch.where(difference != 0, a[:, j] / torch.where(difference != 0, difference, 1.0), 0.0)
-        t = torch.where((kinks > 0) & (kinks < 1), kinks, torch.zeros_like(kinks))  # t = 0, 1: the rows
+        t = pair_kinks(a[:, i], a[:, j])  # (k, n); t = 0 and 1 are the rows themselves
         rows.append(t.unsqueeze(-1) * a[:, i].unsqueeze(1) + (1 - t.unsqueeze(-1)) * a[:, j].unsqueeze(1))
         finite = torch.isfinite(h[:, i]) & torch.isfinite(h[:, j])
         combined = t * h[:, i].nan_to_num(0.0).unsqueeze(1) + (1 - t) * h[:, j].nan_to_num(0.0).unsqueeze(1)

@@ -34,7 +34,15 @@ from torch import Tensor
 from nlverify.bounds.backward_steps import box_minimum
 from nlverify.verifier.pipeline import PROOF_ABS_TOL, PROOF_REL_TOL
 
-__all__ = ["pair_lower_bound", "conjunction_lower_bound", "conjunction_gap"]
+__all__ = ["pair_kinks", "pair_lower_bound", "conjunction_lower_bound", "conjunction_gap"]
+
+
+def pair_kinks(a_first: Tensor, a_second: Tensor) -> Tensor:
+    """``(k, n)``: the ``t`` in ``(0, 1)`` where coordinate ``j`` of ``t a_1 + (1 - t) a_2`` is 0,
+    ``t_j = a_2j / (a_2j - a_1j)``; 0 where there is none (``t = 0`` is the second row itself)."""
+    difference = a_second - a_first
+    kinks = torch.where(difference != 0, a_second / torch.where(difference != 0, difference, 1.0), 0.0)
+    return torch.where((kinks > 0) & (kinks < 1), kinks, torch.zeros_like(kinks))
 
 
 def pair_lower_bound(a_first: Tensor, h_first: Tensor, a_second: Tensor, h_second: Tensor,
@@ -42,9 +50,7 @@ def pair_lower_bound(a_first: Tensor, h_first: Tensor, a_second: Tensor, h_secon
     """``(k,)``: ``max over t in [0, 1]`` of ``min over the box`` of ``t h_1(x) + (1 - t) h_2(x)``, with
     ``h_i(x) = a_i . x + h_i`` (``a_*`` ``(k, n)``, ``h_*`` ``(k,)``, boxes ``(k, n)``; all float64).
     Exact: the maximum of the concave piecewise-linear function over its kinks and the two ends."""
-    difference = a_second - a_first
-    kinks = torch.where(difference != 0, a_second / difference, torch.zeros_like(difference))
-    kinks = torch.where((kinks > 0) & (kinks < 1), kinks, torch.zeros_like(kinks))
+    kinks = pair_kinks(a_first, a_second)
     t = torch.cat([kinks, torch.zeros_like(kinks[:, :1]), torch.ones_like(kinks[:, :1])], dim=1)  # (k, n+2)
     a = t.unsqueeze(-1) * a_first.unsqueeze(1) + (1 - t.unsqueeze(-1)) * a_second.unsqueeze(1)  # (k, n+2, n)
     value = t * h_first.unsqueeze(1) + (1 - t) * h_second.unsqueeze(1) + box_minimum(a, lower, upper)
