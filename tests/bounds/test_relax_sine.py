@@ -223,3 +223,24 @@ def test_property_random_interval(centre, width, alpha, cosine, float32):
     upper = torch.maximum(torch.tensor([centre + width / 2], dtype=dtype), lower)
     for a in (None, torch.tensor(alpha, dtype=dtype)[:, None]):
         assert_sound(op, lower.double(), upper.double(), op.relax(lower, upper, a))
+
+
+@pytest.mark.parametrize("quarter_turns", [0, 1])
+def test_closed_form_default_matches_bisection_on_stretches(quarter_turns):
+    """Where ``[l, u]`` holds no inflection point the default slopes come in closed form (midpoint tangent
+    and chord); they are the same slopes a fine bisection for the midpoint envelope tangent finds.
+    Compared where that is well conditioned (width >= 1e-3, |x| <= 1e3); on micro-intervals far out the
+    slope range is below the trig functions' rounding there and either slope is as tight as the margin."""
+    from nlverify.bounds.relax import sine
+
+    lower, upper = random_intervals(20000, seed=13)
+    (lower_slope, upper_slope), on_stretch = sine._stretch_slopes(lower, upper, quarter_turns)
+    assert on_stretch.float().mean() > 0.3 and not on_stretch.all()
+    on_stretch &= (upper - lower >= 1e-3) & (torch.maximum(lower.abs(), upper.abs()) <= 1e3)
+    assert on_stretch.sum() > 1000
+    l, u = lower[on_stretch], upper[on_stretch]
+    s_min, s_max = sine._slope_range(l, u, quarter_turns, torch.float64)
+    scale = (s_max - s_min).clamp(min=1e-12)
+    for slope, want_upper in ((lower_slope, False), (upper_slope, True)):
+        bisected = sine._midpoint_envelope_slope(l, u, s_min, s_max, quarter_turns, want_upper, steps=50)
+        assert ((slope[on_stretch] - bisected).abs() / scale).max() < 1e-3
