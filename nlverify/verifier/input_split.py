@@ -19,9 +19,9 @@ quadratic-form rewrite: open after 40,577 domains without, proved in 9,257 with)
 
 A child that the parent's own linear bound ``A x + c`` (valid on any sub-box) already closes is not
 bounded again; the others are bounded by CROWN with CROWN intermediate bounds (thousands of boxes per
-call), and each is then clipped to the part where its own and its parent's linear bounds still allow
-a violation (:mod:`nlverify.verifier.box_clipping`; an emptied box is closed). Falsification tries the minimiser of each domain's linear bound (``x* = l where A_x > 0 else
-u``) and its centre.
+call), and each is then clipped to the part where its own and its parent's linear bounds still allow a
+violation (:mod:`nlverify.verifier.box_clipping`; an emptied box is closed). Falsification tries the
+minimiser of each domain's linear bound (``x* = l where A_x > 0 else u``) and its centre.
 """
 from __future__ import annotations
 
@@ -217,7 +217,8 @@ class InputSplitSearch(Search):
             if not open_children.any():
                 continue
             child_low, child_up = child_low[open_children], child_up[open_children]
-            parent_lb, depth, child_problem = parent_lb[open_children], depth[open_children], child_problem[open_children]
+            parent_lb, depth = parent_lb[open_children], depth[open_children]
+            child_problem = child_problem[open_children]
             parent_bound = (parent_a[open_children], parent_c[open_children])
             lb, a, constant = bound_input_boxes(self.graph, self.propagator, child_low, child_up,
                                                 self.Cs[child_problem], alpha_iterations,
@@ -265,7 +266,7 @@ class InputSplitSearch(Search):
         box is clipped once more by it. Returns ``(low, up, lb, A, c, empty)``."""
         lb, a, constant = bound
         ratio = self.options.rebound_volume_ratio
-        if ratio <= 0 or not self.options.clip_input_boxes:
+        if ratio <= 0:  # (without clipping no box shrinks, so nothing is bounded again)
             return low, up, lb, a, constant, empty
         kept = torch.where(width_before > 0, (up - low) / torch.where(width_before > 0, width_before, 1.0), 1.0)
         again = torch.nonzero(~empty & (kept.clamp(max=1).prod(1) < ratio)).flatten()

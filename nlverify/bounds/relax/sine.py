@@ -35,23 +35,24 @@ intercept's dependence on ``s`` is differentiated by the envelope theorem: the c
 located with a detached slope, so ``d(max g_s)/ds = -x*`` without differentiating ``arccos`` (whose
 derivative is infinite at +-1).
 
-Default (``alpha=None``): for each bound the line *tangent to the envelope at the midpoint* ``m``,
-which minimises the area between line and function (``d/ds`` of the line's value at ``m`` is
-``m - x*(s)``; it vanishes when the line touches the envelope at ``m``). On a convex or concave
-stretch it is the midpoint tangent, on the chord side it is the chord, across an inflection it is the
-tangent through an endpoint, and for wide intervals it tends to the horizontal lines ``+-1``. We find
-it in closed form where ``[l, u]`` holds no inflection point (the tangent at ``m`` and the chord, see
-``_stretch_slopes``), and elsewhere by bisection on the sign of ``m - x*(s)`` (vectorised steps: ``DEFAULT_SLOPE_BISECTION_STEPS``, or
-one more than half the bits of the dtype's epsilon when fewer: 13 in float32, 27 in float64; each step
-is a full pass over the neurons). Half the bits suffice on a convex or concave stretch: a line whose
-slope is off by ``ds`` still touches the envelope (its intercept is exact), only at a point ``ds / f''``
-away, which loosens it at ``m`` by ``O(ds**2 / f'')``, and after ``k`` steps that is ``~2**(2 - 2k)`` of
-the gap ``f'' (u - l)**2 / 8``. Across an inflection the touching point can jump, and the loss is first
-order: measured on 200,000 random intervals (widths 1e-4 to 8, centres in [-10, 10]), 13 instead of 26
-steps changed the mean gap by 1e-4 relative on average and by at most 1.7 % for widths 0.1-1 (0.08 %
-for widths 1-8; up to 7 % below width 0.1, where the gap is ~1e-5 and mostly rounding margin). It
-halves the cost of the default relaxation: lsnc state_0 input split bounded 126,695 domains in 20 s
-instead of 102,119. ``init_alpha`` returns it and ``relax(alpha=None)`` uses ``init_alpha``.
+Default (``alpha=None``): for each bound the line *tangent to the envelope at the midpoint* ``m``, which
+minimises the area between line and function (``d/ds`` of the line's value at ``m`` is ``m - x*(s)``; it
+vanishes when the line touches the envelope at ``m``). On a convex or concave stretch it is the midpoint
+tangent, on the chord side it is the chord, across an inflection it is the tangent through an endpoint,
+and for wide intervals it tends to the horizontal lines ``+-1``. We find it in closed form where
+``[l, u]`` holds no inflection point (the tangent at ``m`` and the chord, see ``_stretch_slopes``), and
+elsewhere by bisection on the sign of ``m - x*(s)`` (vectorised steps:
+``DEFAULT_SLOPE_BISECTION_STEPS``, or one more than half the bits of the dtype's epsilon when fewer: 13
+in float32, 27 in float64; each step is a full pass over the neurons). Half the bits suffice on a convex
+or concave stretch: a line whose slope is off by ``ds`` still touches the envelope (its intercept is
+exact), only at a point ``ds / f''`` away, which loosens it at ``m`` by ``O(ds**2 / f'')``, and after
+``k`` steps that is ``~2**(2 - 2k)`` of the gap ``f'' (u - l)**2 / 8``. Across an inflection the
+touching point can jump, and the loss is first order: measured on 200,000 random intervals (widths 1e-4
+to 8, centres in [-10, 10]), 13 instead of 26 steps changed the mean gap by 1e-4 relative on average and
+by at most 1.7 % for widths 0.1-1 (0.08 % for widths 1-8; up to 7 % below width 0.1, where the gap is
+~1e-5 and mostly rounding margin). It halves the cost of the default relaxation: lsnc state_0 input
+split bounded 126,695 domains in 20 s instead of 102,119. ``init_alpha`` returns it and
+``relax(alpha=None)`` uses ``init_alpha``.
 
 Rounding
 --------
