@@ -147,46 +147,56 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
     return bounds
 
 
-def _refine_node(propagator: BackwardPropagator, node: Node, low: Tensor, up: Tensor, bounds: dict,
-                 relaxation_for, options: CrownOptions, chosen: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The node's box after its backward pass. ``(low, up)`` is its IBP box; ``chosen`` (``(B,)`` or None)
-    the boxes worth a pass. The pass covers the (box, neuron) pairs that are not exact in their box,
-    grouped the cheapest way; without ``options.intersect_ibp`` those take the pass's bound alone
-    (IBP's where the pass gives no finite one)."""
+def _refinement_plan(propagator: BackwardPropagator, node: Node, low: Tensor, up: Tensor, relaxation_for,
+                     options: CrownOptions, chosen: Tensor | None) -> tuple[str, Tensor]:
+    """How a node's backward pass is grouped, and the ``(B, n)`` mask of the (box, neuron) pairs it
+    bounds. The pass covers the pairs that are not exact in their box (all pairs of the ``chosen``
+    boxes when no family says which are exact), grouped the cheapest way:
+
+    * ``"all"``: one pass over every neuron of every box;
+    * ``"boxes"``: every neuron of the chosen boxes only;
+    * ``"pairs"``: only the masked pairs, packed (default relaxations, sparse enough to pay off);
+    * ``"rows"``: the neurons inexact in any box, on every box."""
     batch, n = low.shape[0], node.size
     pairs = _neurons_to_refine(propagator.graph, node, low, up) if options.skip_exact_neurons else None
     if chosen is not None and pairs is not None:
         pairs = pairs & chosen.unsqueeze(1)
     default = isinstance(relaxation_for, DefaultRelaxations)
     if pairs is None:
-        grouping = "boxes" if chosen is not None and default else "all"
-    else:
-        grouping = "pairs" if default and worth_pairing(pairs) else "rows"
-    rows = pairs.any(0).nonzero().squeeze(1) if grouping == "rows" else None
+        if chosen is not None and default:
+            return "boxes", chosen.unsqueeze(1).expand(batch, n)
+        return "all", torch.ones(batch, n, dtype=torch.bool, device=low.device)
+    if default and worth_pairing(pairs):
+        return "pairs", pairs
+    return "rows", pairs.any(0, keepdim=True).expand(batch, n)
+
+
+def _refine_node(propagator: BackwardPropagator, node: Node, low: Tensor, up: Tensor, bounds: dict,
+                 relaxation_for, options: CrownOptions, chosen: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The node's box after its backward pass (grouped by :func:`_refinement_plan`). ``(low, up)`` is its
+    IBP box; ``chosen`` (``(B,)`` or None) the boxes worth a pass. Without ``options.intersect_ibp`` the
+    pairs the pass covers take its bound alone (IBP's where the pass gives no finite one)."""
+    batch, n = low.shape[0], node.size
+    grouping, refined = _refinement_plan(propagator, node, low, up, relaxation_for, options, chosen)
     interval = (low, up)
     if not options.intersect_ibp:  # the pairs the pass bounds start from (-inf, inf): its bound alone
-        if grouping == "boxes":
-            refined = chosen.unsqueeze(1).expand(batch, n)
-        elif grouping == "pairs":
-            refined = pairs
-        elif grouping == "all":
-            refined = torch.ones(batch, n, dtype=torch.bool, device=low.device)
-        else:
-            refined = pairs.any(0, keepdim=True).expand(batch, n)
         infinite = torch.full_like(low, float("inf"))
         low = torch.where(refined.reshape(low.shape), -infinite, low)
         up = torch.where(refined.reshape(up.shape), infinite, up)
     if grouping == "boxes":
-        low, up = refine_boxes(propagator, node, chosen.nonzero().squeeze(1), low, up, bounds, relaxation_for)
+        low, up = refine_boxes(propagator, node, refined[:, 0].nonzero().squeeze(1), low, up, bounds,
+                               relaxation_for)
     elif grouping == "pairs":
-        low, up = refine_pairs(propagator, node, pairs, low, up, bounds, relaxation_for)
+        low, up = refine_pairs(propagator, node, refined, low, up, bounds, relaxation_for)
     elif grouping == "all":
         coeffs = identity_coefficients(node.shape, batch, low)
         both = propagator.lower_bound(node.name, coeffs, bounds, relaxation_for)
         low = torch.maximum(low, both[:, :n].reshape(low.shape))
         up = torch.minimum(up, -both[:, n:].reshape(up.shape))
-    elif rows.numel():
-        low, up = _refine_rows(propagator, node, rows, low, up, bounds, relaxation_for)
+    else:
+        rows = refined[0].nonzero().squeeze(1)
+        if rows.numel():
+            low, up = _refine_rows(propagator, node, rows, low, up, bounds, relaxation_for)
     if not options.intersect_ibp:
         low = torch.where(torch.isfinite(low), low, interval[0])
         up = torch.where(torch.isfinite(up), up, interval[1])
