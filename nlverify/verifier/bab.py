@@ -38,7 +38,7 @@ from nlverify.verifier.input_split import (
     INPUT_BOUNDS, INPUT_BRANCHING, STRONG_BRANCHING_MAX_INPUTS, InputSplitSearch, bound_input_boxes, free_dims,
     inherited_lower_bound, linear_minimiser, split_box,
 )
-from nlverify.verifier.pipeline import Problem, ProblemOutcome
+from nlverify.verifier.pipeline import INPUT_SPLIT_MAX_INPUTS, Problem, ProblemOutcome
 from nlverify.verifier.search import BabReport, violation
 
 __all__ = ["BabOptions", "BabReport", "branch_and_bound", "bab_problem", "bab_search", "search_groups",
@@ -54,7 +54,7 @@ SPLIT_MODES = ("auto", "input", "activation")
 @dataclass
 class BabOptions:
     mode: str = "auto"  # "auto": input split when the region leaves <= input_split_max_inputs inputs free
-    input_split_max_inputs: int = 32
+    input_split_max_inputs: int = INPUT_SPLIT_MAX_INPUTS
     batch_domains: int = 256  # activation split: domains popped per round (2x children bounded)
     input_batch_domains: int | str = "auto"  # input split: domains popped per round; "auto": 8192 on networks
     # whose CROWN pass per domain costs under input_large_batch_max_cost multiply-adds, else 2048 (lsnc state,

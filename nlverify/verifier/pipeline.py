@@ -49,13 +49,14 @@ from nlverify.verifier.attack import AttackOptions, Candidate, attack, model_par
 from nlverify.verifier.result import Verdict, validate_counterexample
 from nlverify.verifier.spec import Spec, check_against_model, parse_vnnlib
 
-__all__ = ["PROOF_ABS_TOL", "PROOF_REL_TOL", "proof_margin", "Problem", "ProblemOutcome", "PipelineOptions",
+__all__ = ["PROOF_ABS_TOL", "PROOF_REL_TOL", "INPUT_SPLIT_MAX_INPUTS", "proof_margin", "Problem", "ProblemOutcome", "PipelineOptions",
            "VerificationResult", "verify", "verify_loaded", "bab", "rows_proved", "alpha_stalled"]
 
 PROOF_ABS_TOL = 1e-6
 PROOF_REL_TOL = 1e-5
 PROOF_ABS_TOL_FLOAT64 = 1e-9
 PROOF_REL_TOL_FLOAT64 = 1e-9
+INPUT_SPLIT_MAX_INPUTS = 32  # regions with at most this many free inputs go to input-split BaB (see bab.py)
 
 
 def proof_margin(bound: Tensor, d: Tensor) -> Tensor:
@@ -123,7 +124,7 @@ class PipelineOptions:
     # High-dimensional regions (at least deep_alpha_min_inputs free inputs) go to activation-split BaB,
     # which keeps the root's intermediate boxes for good: there alpha-CROWN runs longer, with a longer
     # stall window, but stops at deep_alpha_time_fraction of the time left. See _alpha_plan.
-    deep_alpha_min_inputs: int = 33  # one more than BabOptions.input_split_max_inputs, where BaB switches mode
+    deep_alpha_min_inputs: int = INPUT_SPLIT_MAX_INPUTS + 1  # where BaB switches to activation split
     deep_alpha_iterations: int = 200
     deep_alpha_stall_window: int = 10
     deep_alpha_stall_tolerance: float = 0.01
