@@ -98,6 +98,86 @@ def _box_width_penalty(bounds: dict[str, Bounds]) -> Tensor | float:
     return total
 
 
+@dataclass
+class _Parameters:
+    """What alpha-CROWN optimises: the alphas per (start node, nonlinear node), created on first use
+    for the start nodes in ``optimise`` (``rows`` says how many rows each start node has), and the
+    split constraints' betas per node (lower and upper side)."""
+
+    alphas: dict[AlphaKey, Tensor]
+    betas: BetaTerms
+    rows: dict[str, int]
+    optimise: set[str]
+
+    def tensors(self) -> list[Tensor]:
+        return list(self.alphas.values()) + [b for pair in self.betas.values() for b in pair]
+
+    def project(self) -> None:
+        """Back into the sound ranges: alpha in [0, 1], beta >= 0."""
+        with torch.no_grad():
+            for value in self.alphas.values():
+                value.clamp_(0.0, 1.0)
+            for pair in self.betas.values():
+                for value in pair:
+                    value.clamp_(min=0.0)
+
+
+def _bound_with(graph: Graph, lower: Tensor, upper: Tensor, coeffs: Tensor, propagator: BackwardPropagator,
+                options: AlphaOptions, splits: SplitConstraints | None,
+                parameters: _Parameters) -> tuple[Tensor, dict[str, Bounds], Tensor]:
+    """One CROWN pass with the current parameters: the rows' lower bounds (differentiable), the node
+    boxes, and the same bounds detached with empty domains closed (``+inf``)."""
+    with torch.enable_grad():
+        relaxations: list[AlphaRelaxations] = []
+
+        def factory(bounds):
+            relaxations.append(AlphaRelaxations(bounds, parameters.alphas, parameters.rows, parameters.optimise))
+            return relaxations[-1]
+
+        bounds = propagate_bounds(graph, lower, upper, factory, propagator, options.crown, splits)
+        relax = factory(bounds) if not relaxations else relaxations[0]
+        result = propagator.lower_bound(graph.output_name, coeffs, bounds, relax, splits, parameters.betas)
+    infeasible = bounds.pop(INFEASIBLE, None)
+    detached = close_infeasible(result.detach(), {INFEASIBLE: infeasible} if infeasible is not None else {})
+    return result, bounds, detached
+
+
+def _optimise(graph: Graph, lower: Tensor, upper: Tensor, coeffs: Tensor, propagator: BackwardPropagator,
+              options: AlphaOptions, splits: SplitConstraints | None,
+              parameters: _Parameters) -> tuple[Tensor, dict[str, Bounds]]:
+    """Adam on the parameters; returns the best row bounds and the tightest node boxes over all iterates
+    (each iterate is sound, so the best of them is)."""
+    best = None
+    best_bounds: dict[str, Bounds] = {}
+    optimiser = None
+    for iteration in range(options.iterations + 1):
+        result, bounds, detached = _bound_with(graph, lower, upper, coeffs, propagator, options, splits, parameters)
+        if best is None:
+            best = detached.clone()
+            best_bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
+        else:
+            best = torch.maximum(best, detached)
+        if iteration == options.iterations or not parameters.tensors():
+            break
+        if options.stop is not None and options.stop(best):
+            break
+        if options.deadline is not None and time.monotonic() > options.deadline:
+            break
+        if optimiser is None:
+            optimiser = torch.optim.Adam(parameters.tensors(), lr=options.learning_rate)
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, options.lr_decay)
+        loss = -result.sum() + options.box_width_weight * _box_width_penalty(bounds)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        parameters.project()
+        # Intermediate boxes only tighten: keep the best seen for callers (all are sound).
+        best_bounds = {k: (torch.maximum(best_bounds[k][0], l.detach()),
+                           torch.minimum(best_bounds[k][1], u.detach())) for k, (l, u) in bounds.items()}
+    return best, best_bounds
+
+
 def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = None,
                 options: AlphaOptions | None = None, alphas: dict[AlphaKey, Tensor] | None = None,
                 propagator: BackwardPropagator | None = None, need_upper: bool = True,
@@ -127,7 +207,7 @@ def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = N
     optimise = {graph.output_name}
     if options.optimize_intermediate:
         optimise |= set(rows)
-    alphas = {k: v.detach().clone().requires_grad_(True) for k, v in (alphas or {}).items() if k[0] != "beta"}
+    warm_alphas = {k: v.detach().clone().requires_grad_(True) for k, v in (alphas or {}).items() if k[0] != "beta"}
     beta_terms: BetaTerms = {}
     if splits is not None:
         for name in splits.nodes():
@@ -135,57 +215,13 @@ def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = N
             warm = (betas or {}).get(name)
             pair = warm if warm is not None else (lower.new_zeros(shape), lower.new_zeros(shape))
             beta_terms[name] = tuple(b.detach().clone().requires_grad_(True) for b in pair)
-    parameters = lambda: list(alphas.values()) + [b for pair in beta_terms.values() for b in pair]
-
+    parameters = _Parameters(warm_alphas, beta_terms, rows, optimise)
     try:
-        best = None
-        best_bounds: dict[str, Bounds] = {}
-        optimiser = None
-        for iteration in range(options.iterations + 1):
-            with torch.enable_grad():
-                relaxations: list[AlphaRelaxations] = []
-
-                def factory(bounds):
-                    relaxations.append(AlphaRelaxations(bounds, alphas, rows, optimise))
-                    return relaxations[-1]
-
-                bounds = propagate_bounds(graph, lower, upper, factory, propagator, options.crown, splits)
-                relax = factory(bounds) if not relaxations else relaxations[0]
-                result = propagator.lower_bound(graph.output_name, coeffs, bounds, relax, splits, beta_terms)
-            infeasible = bounds.pop(INFEASIBLE, None)
-            detached = close_infeasible(result.detach(), {INFEASIBLE: infeasible} if infeasible is not None else {})
-            if best is None:
-                best = detached.clone()
-                best_bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
-            else:
-                best = torch.maximum(best, detached)
-            if iteration == options.iterations or not parameters():
-                break
-            if options.stop is not None and options.stop(best):
-                break
-            if options.deadline is not None and time.monotonic() > options.deadline:
-                break
-            if optimiser is None:
-                optimiser = torch.optim.Adam(parameters(), lr=options.learning_rate)
-                scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, options.lr_decay)
-            loss = -result.sum() + options.box_width_weight * _box_width_penalty(bounds)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            with torch.no_grad():
-                for value in alphas.values():
-                    value.clamp_(0.0, 1.0)
-                for pair in beta_terms.values():
-                    for value in pair:
-                        value.clamp_(min=0.0)
-            # Intermediate boxes only tighten: keep the best seen for callers (all are sound).
-            best_bounds = {k: (torch.maximum(best_bounds[k][0], l.detach()),
-                               torch.minimum(best_bounds[k][1], u.detach())) for k, (l, u) in bounds.items()}
+        best, best_bounds = _optimise(graph, lower, upper, coeffs, propagator, options, splits, parameters)
     finally:
         # the last iterate is never back-propagated: drop the memo entries holding its graph
         release_live()
-    final_alphas = {k: v.detach() for k, v in alphas.items()}
+    final_alphas = {k: v.detach() for k, v in parameters.alphas.items()}
     final_alphas.update({("beta", name): tuple(b.detach() for b in pair) for name, pair in beta_terms.items()})
     if need_upper:
         half = rows_out // 2
