@@ -6,7 +6,10 @@ get good intermediate boxes is to carry, for every node ``z``, two affine functi
     L(x) = LA x + Lc  <=  z(x)  <=  UA x + Uc = U(x)          for every x in the input box,
 
 (``LA``, ``UA``: ``(B, n, *shape)``; ``Lc``, ``Uc``: ``(B, *shape)``) and to read the node's box off them
-(``min``/``max`` of an affine function over a box), intersected with its IBP box. The cost per node is a
+(``min``/``max`` of an affine function over a box), intersected with its IBP box. Only the boxes a
+relaxation reads (inputs of nonlinear nodes) and the output's are read off; the other nodes keep their
+IBP box (on lsnc 12 of 50 nodes: strong-branching scores 26 % faster, state_10 3,094,845 -> 3,114,715
+domains, BaB alone 115.5 -> 103.1 s). The cost per node is a
 few applications of the op to ``n + 1`` tensors, against one backward pass per neuron for CROWN's
 intermediate bounds; the boxes are usually somewhat looser, which input splitting makes up for with
 many more, smaller boxes (:mod:`nlverify.verifier.bab`).
@@ -31,6 +34,7 @@ import torch
 from torch import Tensor
 
 from nlverify.bounds.backward_steps import box_minimum
+from nlverify.bounds.crown import nodes_needing_bounds
 from nlverify.bounds.interval import Bounds, node_interval
 from nlverify.bounds.relax import binary_relaxation, unary_relaxation
 from nlverify.graph import Graph, Node
@@ -146,6 +150,8 @@ def _forward(graph: Graph, lower: Tensor, upper: Tensor, propagator) -> tuple[di
     eye = torch.eye(n, dtype=lower.dtype, device=lower.device).reshape(1, n, *shape).expand(batch, n, *shape)
     zeros = lower.new_zeros(batch, *shape)
     affine = {graph.input_name: AffineBounds(eye, zeros, eye, zeros)}
+    # only the boxes that relaxations read (and the output's) are worth concretising; the rest get IBP's
+    concretised = nodes_needing_bounds(graph) | {graph.output_name}
     bounds: dict[str, Bounds] = {graph.input_name: (lower.reshape(batch, *shape), upper.reshape(batch, *shape))}
     for node in graph:
         if node.kind == "input":
@@ -160,10 +166,12 @@ def _forward(graph: Graph, lower: Tensor, upper: Tensor, propagator) -> tuple[di
             result = _through_binary(node, inputs, boxes)
         else:
             raise ValueError(f"forward bounds have no rule for node kind '{node.kind}'")
-        ibp_low, ibp_up = node_interval(node, boxes)
-        low, up = result.box(centre, radius)
-        low, up = torch.maximum(low, ibp_low), torch.minimum(up, ibp_up)
-        # both ends are sound; crossing ends can only be rounding on a (near-)constant node: keep both
-        bounds[node.name] = (torch.minimum(low, up), torch.maximum(low, up))
+        low, up = node_interval(node, boxes)
+        if node.name in concretised:
+            forward_low, forward_up = result.box(centre, radius)
+            low, up = torch.maximum(forward_low, low), torch.minimum(forward_up, up)
+            # both ends are sound; crossing ends can only be rounding on a (near-)constant node: keep both
+            low, up = torch.minimum(low, up), torch.maximum(low, up)
+        bounds[node.name] = (low, up)
         affine[node.name] = result
     return bounds, affine[graph.output_name]
