@@ -61,3 +61,34 @@ def test_forward_row_bounds_hold_and_beat_the_output_box(tmp_path, activation):
     from_box = (C.clamp(min=0) * y_low + C.clamp(max=0) * y_up).sum(-1)
     assert (rows >= from_box - 1e-12).all()
     assert (rows > from_box + 1e-9).any()  # the affine form is tighter somewhere
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_forward_bounds_read_boxes_only_where_a_relaxation_needs_them(tmp_path, activation):
+    """Inputs of nonlinear nodes and the output get the affine bounds' box (within IBP's); every other node
+    keeps the IBP box of its inputs' boxes, since nothing reads it but the next IBP step."""
+    from nlverify.bounds.crown import nodes_needing_bounds
+    from nlverify.bounds.interval import node_interval
+
+    net, shape = make_net(activation, "residual", seed=3, width=12)
+    model = load_onnx(export(net, shape, tmp_path / "net.onnx"))
+    model.to(dtype=torch.float64)
+    graph = model.graph
+    n = graph.num_inputs
+    g = torch.Generator().manual_seed(5)
+    lower = torch.randn(3, n, generator=g, dtype=torch.float64)
+    upper = lower + torch.rand(3, n, generator=g, dtype=torch.float64)
+    bounds = forward_bounds(graph, lower, upper, model.propagator)
+    read = nodes_needing_bounds(graph) | {graph.output_name}
+    skipped = 0
+    for node in graph:
+        if node.kind == "input":
+            continue
+        ibp_low, ibp_up = node_interval(node, [bounds[i] for i in node.inputs])
+        low, up = bounds[node.name]
+        if node.name in read:
+            assert (low >= ibp_low - 1e-12).all() and (up <= ibp_up + 1e-12).all(), node.name
+        else:
+            skipped += 1
+            assert torch.equal(low, ibp_low) and torch.equal(up, ibp_up), node.name
+    assert skipped > 0  # the residual net has nodes that no relaxation reads
