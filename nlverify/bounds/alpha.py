@@ -17,7 +17,7 @@ from torch import Tensor
 
 from nlverify.bounds.crown import (
     INFEASIBLE, BackwardPropagator, BetaTerms, CrownOptions, SplitConstraints, close_infeasible,
-    propagate_bounds, relax_node, spec_coefficients,
+    nodes_needing_bounds, propagate_bounds, relax_node, spec_coefficients,
 )
 from nlverify.bounds.interval import Bounds
 from nlverify.bounds.relax import binary_relaxation, release_live, unary_relaxation
@@ -38,6 +38,8 @@ class AlphaOptions:
     lr_decay: float = 0.98
     optimize_intermediate: bool = True
     box_width_weight: float = 1.0  # see _box_width_penalty
+    max_intermediate_bytes: int = 2 << 30  # optimise intermediate alphas only while this holds the
+    # coefficients their passes keep for the gradient (see intermediate_alpha_bytes)
     crown: CrownOptions = field(default_factory=CrownOptions)
     deadline: float | None = None
     stop: Callable[[Tensor], bool] | None = None
@@ -122,20 +124,33 @@ class _Parameters:
                     value.clamp_(min=0.0)
 
 
+def _node_boxes(graph: Graph, lower: Tensor, upper: Tensor, propagator: BackwardPropagator, options: AlphaOptions,
+                splits: SplitConstraints | None, parameters: _Parameters) -> tuple[dict, AlphaRelaxations]:
+    """Every node's box by a pass with the current parameters (and the ``INFEASIBLE`` mask, if any), with
+    the relaxation callback for the output's pass (it shares the pass's cache of parameter-free
+    relaxations)."""
+    relaxations: list[AlphaRelaxations] = []
+
+    def factory(bounds):
+        relaxations.append(AlphaRelaxations(bounds, parameters.alphas, parameters.rows, parameters.optimise))
+        return relaxations[-1]
+
+    bounds = propagate_bounds(graph, lower, upper, factory, propagator, options.crown, splits)
+    return bounds, (factory(bounds) if not relaxations else relaxations[0])
+
+
 def _bound_with(graph: Graph, lower: Tensor, upper: Tensor, coeffs: Tensor, propagator: BackwardPropagator,
-                options: AlphaOptions, splits: SplitConstraints | None,
-                parameters: _Parameters) -> tuple[Tensor, dict[str, Bounds], Tensor]:
+                options: AlphaOptions, splits: SplitConstraints | None, parameters: _Parameters,
+                fixed_boxes: dict | None = None) -> tuple[Tensor, dict[str, Bounds], Tensor]:
     """One CROWN pass with the current parameters: the rows' lower bounds (differentiable), the node
-    boxes, and the same bounds detached with empty domains closed (``+inf``)."""
+    boxes, and the same bounds detached with empty domains closed (``+inf``). ``fixed_boxes``: node boxes
+    that no parameter moves (computed once by the caller), so only the output's pass runs."""
     with torch.enable_grad():
-        relaxations: list[AlphaRelaxations] = []
-
-        def factory(bounds):
-            relaxations.append(AlphaRelaxations(bounds, parameters.alphas, parameters.rows, parameters.optimise))
-            return relaxations[-1]
-
-        bounds = propagate_bounds(graph, lower, upper, factory, propagator, options.crown, splits)
-        relax = factory(bounds) if not relaxations else relaxations[0]
+        if fixed_boxes is None:
+            bounds, relax = _node_boxes(graph, lower, upper, propagator, options, splits, parameters)
+        else:
+            bounds = dict(fixed_boxes)
+            relax = AlphaRelaxations(bounds, parameters.alphas, parameters.rows, parameters.optimise)
         result = propagator.lower_bound(graph.output_name, coeffs, bounds, relax, splits, parameters.betas)
     infeasible = bounds.pop(INFEASIBLE, None)
     detached = close_infeasible(result.detach(), {INFEASIBLE: infeasible} if infeasible is not None else {})
@@ -150,8 +165,14 @@ def _optimise(graph: Graph, lower: Tensor, upper: Tensor, coeffs: Tensor, propag
     best = None
     best_bounds: dict[str, Bounds] = {}
     optimiser = None
+    fixed_boxes = None
+    if parameters.optimise == {graph.output_name}:
+        # only the output's alphas move: the node boxes are the same at every iteration, so bound them once
+        with torch.no_grad():
+            fixed_boxes = _node_boxes(graph, lower, upper, propagator, options, splits, parameters)[0]
     for iteration in range(options.iterations + 1):
-        result, bounds, detached = _bound_with(graph, lower, upper, coeffs, propagator, options, splits, parameters)
+        result, bounds, detached = _bound_with(graph, lower, upper, coeffs, propagator, options, splits, parameters,
+                                               fixed_boxes)
         if best is None:
             best = detached.clone()
             best_bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
@@ -176,6 +197,25 @@ def _optimise(graph: Graph, lower: Tensor, upper: Tensor, coeffs: Tensor, propag
         best_bounds = {k: (torch.maximum(best_bounds[k][0], l.detach()),
                            torch.minimum(best_bounds[k][1], u.detach())) for k, (l, u) in bounds.items()}
     return best, best_bounds
+
+
+def intermediate_alpha_bytes(graph: Graph, propagator: BackwardPropagator, batch: int, options: CrownOptions,
+                             element_size: int = 4) -> int:
+    """Bytes of the coefficients that the intermediate nodes' backward passes hold for the gradient when
+    their alphas are optimised: per node bounded by its own pass (``2 x size`` rows), the rows times the
+    neurons of every node its pass walks through, per box. The autograd graph keeps each step's
+    coefficients until the backward call, so this is a floor of the stage's memory. cgan's generator +
+    discriminator (4,096-neuron starts walking back through 28,800-neuron layers): 12.9 GB per box, and
+    the stage went past 23 GB and was killed; eran's 6x200 net 0.034 GB, every other shared benchmark
+    at most 0.1 GB."""
+    total = 0
+    for name in nodes_needing_bounds(graph):
+        node = graph.nodes[name]
+        if node.kind == "input" or node.size > options.max_crown_neurons:
+            continue  # bounded by IBP, no pass
+        walked = sum(n.size for n in propagator.ancestors(name))
+        total += batch * 2 * node.size * walked * element_size
+    return total
 
 
 def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = None,
@@ -205,7 +245,8 @@ def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = N
         for i in node.inputs:
             rows[i] = 2 * graph.nodes[i].size
     optimise = {graph.output_name}
-    if options.optimize_intermediate:
+    if options.optimize_intermediate and intermediate_alpha_bytes(
+            graph, propagator, batch, options.crown, lower.element_size()) <= options.max_intermediate_bytes:
         optimise |= set(rows)
     warm_alphas = {k: v.detach().clone().requires_grad_(True) for k, v in (alphas or {}).items() if k[0] != "beta"}
     beta_terms: BetaTerms = {}

@@ -37,3 +37,52 @@ def test_width_weight_changes_the_search_and_both_enclose_samples(tmp_path):
         results.append(torch.cat([lb, ub], 1))
     assert not torch.equal(results[0], results[1])
 
+
+
+def _sigmoid_model(tmp_path):
+    net, shape = make_net("sigmoid", "mlp", seed=11, width=24)
+    model = load_onnx(export(net, shape, tmp_path / "net.onnx"))
+    centre = torch.randn(1, *shape, generator=torch.Generator().manual_seed(2))
+    return net, model, centre - 0.6, centre + 0.6
+
+
+def test_output_only_alphas_bound_the_node_boxes_once(tmp_path, monkeypatch):
+    """Without intermediate alphas no parameter moves a node box: the boxes are computed once, not at every
+    iteration, and the bound is the one the per-iteration passes gave (the cache changes no number)."""
+    import nlverify.bounds.alpha as alpha_module
+
+    _, model, lower, upper = _sigmoid_model(tmp_path)
+    options = AlphaOptions(iterations=6, optimize_intermediate=False)
+    passes = []
+    original = alpha_module.propagate_bounds
+    monkeypatch.setattr(alpha_module, "propagate_bounds", lambda *a, **k: passes.append(1) or original(*a, **k))
+    cached, _, _, _ = alpha_crown(model.graph, lower, upper, options=options, propagator=model.propagator)
+    assert len(passes) == 1
+    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # every iteration recomputing the boxes: the old loop
+        real_optimise = alpha_module._optimise
+
+        def per_iteration(graph, lower, upper, coeffs, propagator, options, splits, parameters):
+            parameters.optimise = parameters.optimise | {"__never_a_node__"}  # defeats the output-only test
+            return real_optimise(graph, lower, upper, coeffs, propagator, options, splits, parameters)
+
+        patch.setattr(alpha_module, "_optimise", per_iteration)
+        recomputed, _, _, _ = alpha_crown(model.graph, lower, upper, options=options, propagator=model.propagator)
+    torch.testing.assert_close(cached, recomputed, rtol=0, atol=0)
+
+
+def test_intermediate_alphas_only_within_the_memory_budget(tmp_path):
+    from nlverify.bounds.alpha import intermediate_alpha_bytes
+
+    net, model, lower, upper = _sigmoid_model(tmp_path)
+    needed = intermediate_alpha_bytes(model.graph, model.propagator, 1, AlphaOptions().crown)
+    assert needed > 0
+    for budget, intermediate in ((needed, True), (needed - 1, False)):
+        options = AlphaOptions(iterations=3, max_intermediate_bytes=budget)
+        lb, ub, _, alphas = alpha_crown(model.graph, lower, upper, options=options, propagator=model.propagator)
+        starts = {start for start, _ in alphas}
+        assert (starts != {model.graph.output_name}) == intermediate
+        samples = lower + (upper - lower) * torch.rand(2000, *lower.shape[1:], generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            outputs = net(samples)
+        assert (outputs >= lb - 1e-5).all() and (outputs <= ub + 1e-5).all()
