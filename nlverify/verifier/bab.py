@@ -79,7 +79,10 @@ class BabOptions:
     # index9192 (cost 2.7e6), BaB alone: 0 -> gap -0.30 after 50 s; 5 -> -0.10; 8 -> proved in 15 s;
     # 12 -> proved in 10.8 s (31 domains); 20 -> 15.3 s. ACAS Xu (cost 1.6e5) is faster with 0.
     input_alpha_min_cost: float = 1e6
-    input_bounds: str = "crown"  # input split node boxes: "crown", "hybrid" (forward, CROWN where open), "forward"
+    input_bounds: str = "auto"  # input split node boxes: "crown", "hybrid" (forward, CROWN where open),
+    # "forward", or "auto": "forward" on networks whose CROWN pass per domain costs at least
+    # input_forward_min_cost multiply-adds, else "crown" (see input_split.input_bound_method)
+    input_forward_min_cost: float = 1e8
     input_branching: str = "auto"  # "smear", "strong" (try every dimension), "alternate" (strong at depths
     # that are multiples of strong_every, smear elsewhere), "auto": alternate up to STRONG_BRANCHING_MAX_INPUTS
     # inputs, else smear

@@ -268,3 +268,27 @@ def test_children_step_with_their_own_learning_rate(tmp_path, monkeypatch):
     bab_problem(model, _problem(top + 0.05), time.monotonic() + 20, options)
     assert seen[0] == (False, 0.3)  # the root: cold
     assert len(seen) > 1 and all(entry == (True, 0.007) for entry in seen[1:])  # children: warm
+
+
+def test_input_bounds_auto_goes_forward_on_costly_networks(tmp_path, monkeypatch):
+    """``auto`` bounds input-split boxes by CROWN unless a CROWN pass per domain costs at least
+    ``input_forward_min_cost``; then by forward bounds, without alpha-CROWN (which would bring CROWN's
+    passes back). The search uses the rule's method, and still proves and falsifies correctly."""
+    import nlverify.verifier.input_split as input_split
+
+    model = _model(tmp_path, "tanh")
+    costly = BabOptions(mode="input", input_forward_min_cost=0.0, input_alpha_min_cost=0.0)
+    assert input_split.input_bound_method(model.graph, BabOptions()) == "crown"  # a 2-16-16-1 net is cheap
+    assert input_split.input_bound_method(model.graph, costly) == "forward"
+    assert input_split.input_alpha_iterations(model.graph, costly) == 0
+    assert input_split.input_bound_method(model.graph, BabOptions(input_bounds="hybrid")) == "hybrid"
+    with pytest.raises(ValueError, match="unknown input-split bound method"):
+        input_split.input_bound_method(model.graph, BabOptions(input_bounds="exact"))
+    methods = []
+    original = input_split.bound_input_boxes
+    monkeypatch.setattr(input_split, "bound_input_boxes",
+                        lambda *a, **k: methods.append(a[-1]) or original(*a, **k))
+    top = _grid_max(model)
+    proved = bab_problem(model, _problem(top + 0.005), time.monotonic() + 20, costly)
+    assert proved.status == "proved" and methods and set(methods) == {"forward"}
+    assert bab_problem(model, _problem(top - 0.02), time.monotonic() + 20, costly).status == "counterexample"
