@@ -26,6 +26,7 @@ minimiser of each domain's linear bound (``x* = l where A_x > 0 else u``) and it
 from __future__ import annotations
 
 import math
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -182,12 +183,16 @@ INPUT_BATCH, LARGE_INPUT_BATCH = 2048, 8192
 class InputSplitSearch(Search):
     """Input-split branch and bound over the problems' shared region box."""
 
+    @cached_property
+    def bound_method(self) -> str:
+        """How this search bounds node boxes (:func:`input_bound_method`)."""
+        return input_bound_method(self.graph, self.options)
+
     def run(self) -> BabReport:
         self.report.mode = "input"
         o = self.options
         alpha_iterations = input_alpha_iterations(self.graph, o)
         batch_domains = input_batch_domains(self.graph, o)
-        self.bound_method = input_bound_method(self.graph, o)
         problem = torch.arange(len(self.problems), device=self.Cs.device)
         low = self.problem.lower.unsqueeze(0).expand(len(self.problems), -1)
         up = self.problem.upper.unsqueeze(0).expand(len(self.problems), -1)
@@ -320,8 +325,11 @@ class InputSplitSearch(Search):
             raise ValueError(f"unknown input branching '{rule}', expected one of {INPUT_BRANCHING}")
         if rule == "auto":
             # the forward bounds that score strong branching carry one coefficient per input, free or
-            # fixed: on dist_shift (8 free of 792) alternating bounded 69 domains in 55 s, smear 1,735 in 42 s
-            rule = "alternate" if self.graph.num_inputs <= STRONG_BRANCHING_MAX_INPUTS else "smear"
+            # fixed: on dist_shift (8 free of 792) alternating bounded 69 domains in 55 s, smear 1,735 in 42 s.
+            # And they bound 2 n children per scored domain: on a network costly enough for forward boxes
+            # (cgan), two strong rounds took 106 of BaB's first 134 s.
+            few_inputs = self.graph.num_inputs <= STRONG_BRANCHING_MAX_INPUTS
+            rule = "alternate" if few_inputs and self.bound_method != "forward" else "smear"
         if rule == "alternate":
             return depth % max(self.options.strong_every, 1) == 0
         return torch.full_like(depth, rule == "strong", dtype=torch.bool)

@@ -78,3 +78,6 @@ def test_alternate_branching_is_strong_every_few_depths(tmp_path):
     # auto: alternate on few inputs (this model has 2), every BabOptions.strong_every depths
     auto = InputSplitSearch(model, [problem], time.monotonic() + 30, BabOptions(mode="input", strong_every=3))
     assert depth[auto._strong_domains(depth)].tolist() == [0, 3, 6]
+    # ... but never where boxes are bounded by forward bounds (a costly network: 2 n of them per scored domain)
+    costly = BabOptions(mode="input", strong_every=3, input_forward_min_cost=0.0)
+    assert not InputSplitSearch(model, [problem], time.monotonic() + 30, costly)._strong_domains(depth).any()
