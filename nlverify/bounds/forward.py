@@ -115,11 +115,34 @@ def _through_binary(node: Node, zs: list[AffineBounds], boxes: list[Bounds]) -> 
     return AffineBounds(la_x + la_y, lc_x + lc_y + r.lower_intercept, ua_x + ua_y, uc_x + uc_y + r.upper_intercept)
 
 
+CHUNK_BYTES = 1 << 30  # affine coefficients held at once by one forward pass (see boxes_per_chunk)
+
+
+def boxes_per_chunk(graph: Graph, inputs: int, element_size: int) -> int:
+    """Boxes one forward pass may take at once: a pass holds ``LA`` and ``UA`` of every node, ``2 (n + 1)``
+    numbers per neuron and box, and must stay within :data:`CHUNK_BYTES`. cgan (5 inputs, 150k neurons):
+    6 MB per box, so 170 boxes per pass; its 4,096-child rounds in one pass held about 25 GB. lsnc and
+    ACAS Xu: under 10 kB per box, never split."""
+    per_box = 2 * (inputs + 1) * sum(node.size for node in graph) * element_size
+    return max(1, CHUNK_BYTES // max(per_box, 1))
+
+
+def _in_chunks(graph: Graph, lower: Tensor, compute) -> list:
+    """``compute(slice)`` over the boxes in chunks of :func:`boxes_per_chunk`."""
+    batch = lower.shape[0]
+    step = boxes_per_chunk(graph, lower[0].numel(), lower.element_size())
+    return [compute(slice(i, i + step)) for i in range(0, batch, step)]
+
+
 def forward_bounds(graph: Graph, lower: Tensor, upper: Tensor, propagator) -> dict[str, Bounds]:
     """Boxes for every node of ``graph`` on the input boxes ``(B, n)``: forward affine bounds concretised
     on the box and intersected with IBP (see the module docstring). ``propagator`` supplies the linear
     ops' constant terms (cached)."""
-    return _forward(graph, lower, upper, propagator)[0]
+    parts = _in_chunks(graph, lower, lambda part: _forward(graph, lower[part], upper[part], propagator)[0])
+    if len(parts) == 1:
+        return parts[0]
+    return {name: (torch.cat([p[name][0] for p in parts]), torch.cat([p[name][1] for p in parts]))
+            for name in parts[0]}
 
 
 def forward_row_bounds(graph: Graph, lower: Tensor, upper: Tensor, propagator, C: Tensor) -> Tensor:
@@ -127,6 +150,11 @@ def forward_row_bounds(graph: Graph, lower: Tensor, upper: Tensor, propagator, C
     affine bounds alone: ``C+ L(x) + C- U(x)`` minimised over the box, at least the rows' bound from the
     output box. No backward pass: looser than CROWN on the same boxes, and cheap enough to score many
     candidate splits (:meth:`~nlverify.verifier.input_split.InputSplitSearch.strong_input_scores`)."""
+    parts = _in_chunks(graph, lower, lambda part: _row_bounds(graph, lower[part], upper[part], propagator, C[part]))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _row_bounds(graph: Graph, lower: Tensor, upper: Tensor, propagator, C: Tensor) -> Tensor:
     boxes, output = _forward(graph, lower, upper, propagator)
     batch, n = lower.shape[0], lower.shape[1]
     positive, negative = C.clamp(min=0), C.clamp(max=0)

@@ -92,3 +92,28 @@ def test_forward_bounds_read_boxes_only_where_a_relaxation_needs_them(tmp_path, 
             skipped += 1
             assert torch.equal(low, ibp_low) and torch.equal(up, ibp_up), node.name
     assert skipped > 0  # the residual net has nodes that no relaxation reads
+
+
+def test_forward_bounds_in_chunks_match_one_pass(tmp_path, monkeypatch):
+    """Boxes go through the forward pass in chunks that keep its affine coefficients within CHUNK_BYTES;
+    chunking changes the numbers by rounding only (every box is computed on its own; matrix products
+    of other batch sizes sum in another order)."""
+    import nlverify.bounds.forward as forward
+    from nlverify.bounds.forward import boxes_per_chunk, forward_row_bounds
+
+    net, shape = make_net("tanh", "mlp", seed=5, width=12, inputs=3, outputs=3)
+    model = load_onnx(export(net, shape, tmp_path / "net.onnx"))
+    g = torch.Generator().manual_seed(8)
+    lower = torch.randn(10, 3, generator=g)
+    upper = lower + torch.rand(10, 3, generator=g)
+    C = torch.randn(10, 2, 3, generator=g)
+    whole = forward_bounds(model.graph, lower, upper, model.propagator)
+    rows = forward_row_bounds(model.graph, lower, upper, model.propagator, C)
+    per_box = forward.CHUNK_BYTES // boxes_per_chunk(model.graph, 3, 4)
+    monkeypatch.setattr(forward, "CHUNK_BYTES", 3 * per_box)  # 3 boxes per chunk: 4 chunks
+    assert boxes_per_chunk(model.graph, 3, 4) == 3
+    chunked = forward_bounds(model.graph, lower, upper, model.propagator)
+    for name, (low, up) in whole.items():
+        torch.testing.assert_close(chunked[name], (low, up), rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(forward_row_bounds(model.graph, lower, upper, model.propagator, C), rows,
+                               rtol=1e-5, atol=1e-6)
