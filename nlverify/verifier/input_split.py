@@ -171,13 +171,22 @@ def input_alpha_iterations(graph: Graph, options) -> int:
 def input_batch_domains(graph: Graph, options) -> int:
     """Domains popped per input-split round: ``options.input_batch_domains``, or for ``"auto"``
     :data:`LARGE_INPUT_BATCH` on networks whose CROWN pass per domain costs under
-    ``options.input_large_batch_max_cost`` multiply-adds, else :data:`INPUT_BATCH` (see ``BabOptions``)."""
+    ``options.input_large_batch_max_cost`` multiply-adds, else :data:`INPUT_BATCH` (see ``BabOptions``),
+    and never more than :data:`INPUT_ROUND_BYTES` allow at :data:`ROUND_BYTES_PER_NEURON` per neuron
+    of the network and domain. A round holds per-neuron tensors of both children of every domain
+    (relaxations, the steering descent's activations): cgan (165,000 neurons) at 2,048 domains peaked at
+    11.3 GB, about 33 bytes per neuron and domain; the cap gives it 406. The largest other shared
+    network (ml4acopf, 9,300 neurons) is allowed 7,216, above its 2,048."""
     if options.input_batch_domains != "auto":
         return int(options.input_batch_domains)
-    return LARGE_INPUT_BATCH if refinement_cost(graph) < options.input_large_batch_max_cost else INPUT_BATCH
+    batch = LARGE_INPUT_BATCH if refinement_cost(graph) < options.input_large_batch_max_cost else INPUT_BATCH
+    neurons = sum(node.size for node in graph)
+    return max(1, min(batch, INPUT_ROUND_BYTES // max(neurons * ROUND_BYTES_PER_NEURON, 1)))
 
 
 INPUT_BATCH, LARGE_INPUT_BATCH = 2048, 8192
+INPUT_ROUND_BYTES = 4 << 30
+ROUND_BYTES_PER_NEURON = 64
 
 
 class InputSplitSearch(Search):

@@ -292,3 +292,17 @@ def test_input_bounds_auto_goes_forward_on_costly_networks(tmp_path, monkeypatch
     proved = bab_problem(model, _problem(top + 0.005), time.monotonic() + 20, costly)
     assert proved.status == "proved" and methods and set(methods) == {"forward"}
     assert bab_problem(model, _problem(top - 0.02), time.monotonic() + 20, costly).status == "counterexample"
+
+
+def test_input_batch_auto_stays_within_the_round_memory(tmp_path, monkeypatch):
+    """``auto`` never pops more domains than INPUT_ROUND_BYTES allow at ROUND_BYTES_PER_NEURON per neuron
+    and domain (cgan's rounds of 2,048 domains held 11.3 GB); an explicit size is not capped."""
+    import nlverify.verifier.input_split as input_split
+
+    model = _model(tmp_path, "tanh")
+    neurons = sum(node.size for node in model.graph)
+    monkeypatch.setattr(input_split, "INPUT_ROUND_BYTES", 5 * neurons * input_split.ROUND_BYTES_PER_NEURON)
+    assert input_split.input_batch_domains(model.graph, BabOptions()) == 5
+    assert input_split.input_batch_domains(model.graph, BabOptions(input_batch_domains=7)) == 7
+    monkeypatch.setattr(input_split, "INPUT_ROUND_BYTES", 1)
+    assert input_split.input_batch_domains(model.graph, BabOptions()) == 1
