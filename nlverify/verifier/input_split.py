@@ -44,8 +44,8 @@ from nlverify.verifier.pipeline import free_dims
 from nlverify.verifier.search import BabReport, Search
 
 __all__ = ["InputSplitSearch", "bound_input_boxes", "linear_minimiser", "inherited_lower_bound",
-           "split_box", "free_dims", "input_alpha_iterations", "input_bound_method", "input_batch_domains", "INPUT_BOUNDS",
-           "INPUT_BRANCHING", "STRONG_BRANCHING_MAX_INPUTS"]
+           "split_box", "free_dims", "input_alpha_iterations", "input_bound_method", "input_batch_domains",
+           "INPUT_BOUNDS", "INPUT_BRANCHING", "STRONG_BRANCHING_MAX_INPUTS"]
 
 STEERING_STEPS = 4  # descent steps per row that test whether a row can still be proved on a box
 STEERING_TOLERANCE = 0.25  # a row violated by less than this fraction of its bound's gap still steers

@@ -82,7 +82,8 @@ def test_intermediate_alphas_only_within_the_memory_budget(tmp_path):
         lb, ub, _, alphas = alpha_crown(model.graph, lower, upper, options=options, propagator=model.propagator)
         starts = {start for start, _ in alphas}
         assert (starts != {model.graph.output_name}) == intermediate
-        samples = lower + (upper - lower) * torch.rand(2000, *lower.shape[1:], generator=torch.Generator().manual_seed(4))
+        draws = torch.rand(2000, *lower.shape[1:], generator=torch.Generator().manual_seed(4))
+        samples = lower + (upper - lower) * draws
         with torch.no_grad():
             outputs = net(samples)
         assert (outputs >= lb - 1e-5).all() and (outputs <= ub + 1e-5).all()
