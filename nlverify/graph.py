@@ -71,6 +71,11 @@ class Graph:
     def num_outputs(self) -> int:
         return self.nodes[self.output_name].size
 
+    @property
+    def num_neurons(self) -> int:
+        """Neurons of every node, the input and output included (what per-neuron tensors of a pass scale with)."""
+        return sum(node.size for node in self.nodes.values())
+
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes.values())
 

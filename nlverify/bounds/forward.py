@@ -120,10 +120,11 @@ CHUNK_BYTES = 1 << 30  # affine coefficients held at once by one forward pass (s
 
 def boxes_per_chunk(graph: Graph, inputs: int, element_size: int) -> int:
     """Boxes one forward pass may take at once: a pass holds ``LA`` and ``UA`` of every node, ``2 (n + 1)``
-    numbers per neuron and box, and must stay within :data:`CHUNK_BYTES`. cgan (5 inputs, 150k neurons):
-    6 MB per box, so 170 boxes per pass; its 4,096-child rounds in one pass held about 25 GB. lsnc and
-    ACAS Xu: under 10 kB per box, never split."""
-    per_box = 2 * (inputs + 1) * sum(node.size for node in graph) * element_size
+    numbers per neuron and box, and must stay within :data:`CHUNK_BYTES`. cgan (5 inputs, 165,000
+    neurons): 7.9 MB per box, so 135 boxes per pass; a 4,096-child round in one pass would hold 32 GB.
+    lsnc 9-27 kB and ACAS Xu 30 kB per box: 39,000-121,000 boxes per pass (only lsnc output's largest
+    strong-scoring batches, 8,192 domains x 16 children, are split)."""
+    per_box = 2 * (inputs + 1) * graph.num_neurons * element_size
     return max(1, CHUNK_BYTES // max(per_box, 1))
 
 

@@ -180,8 +180,7 @@ def input_batch_domains(graph: Graph, options) -> int:
     if options.input_batch_domains != "auto":
         return int(options.input_batch_domains)
     batch = LARGE_INPUT_BATCH if refinement_cost(graph) < options.input_large_batch_max_cost else INPUT_BATCH
-    neurons = sum(node.size for node in graph)
-    return max(1, min(batch, INPUT_ROUND_BYTES // max(neurons * ROUND_BYTES_PER_NEURON, 1)))
+    return max(1, min(batch, INPUT_ROUND_BYTES // max(graph.num_neurons * ROUND_BYTES_PER_NEURON, 1)))
 
 
 INPUT_BATCH, LARGE_INPUT_BATCH = 2048, 8192

@@ -300,8 +300,8 @@ def test_input_batch_auto_stays_within_the_round_memory(tmp_path, monkeypatch):
     import nlverify.verifier.input_split as input_split
 
     model = _model(tmp_path, "tanh")
-    neurons = sum(node.size for node in model.graph)
-    monkeypatch.setattr(input_split, "INPUT_ROUND_BYTES", 5 * neurons * input_split.ROUND_BYTES_PER_NEURON)
+    monkeypatch.setattr(input_split, "INPUT_ROUND_BYTES",
+                        5 * model.graph.num_neurons * input_split.ROUND_BYTES_PER_NEURON)
     assert input_split.input_batch_domains(model.graph, BabOptions()) == 5
     assert input_split.input_batch_domains(model.graph, BabOptions(input_batch_domains=7)) == 7
     monkeypatch.setattr(input_split, "INPUT_ROUND_BYTES", 1)
