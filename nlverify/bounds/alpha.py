@@ -141,16 +141,16 @@ def _node_boxes(graph: Graph, lower: Tensor, upper: Tensor, propagator: Backward
 
 def _bound_with(graph: Graph, lower: Tensor, upper: Tensor, coeffs: Tensor, propagator: BackwardPropagator,
                 options: AlphaOptions, splits: SplitConstraints | None, parameters: _Parameters,
-                fixed_boxes: dict | None = None) -> tuple[Tensor, dict[str, Bounds], Tensor]:
+                fixed: tuple[dict, AlphaRelaxations] | None = None) -> tuple[Tensor, dict[str, Bounds], Tensor]:
     """One CROWN pass with the current parameters: the rows' lower bounds (differentiable), the node
-    boxes, and the same bounds detached with empty domains closed (``+inf``). ``fixed_boxes``: node boxes
-    that no parameter moves (computed once by the caller), so only the output's pass runs."""
+    boxes, and the same bounds detached with empty domains closed (``+inf``). ``fixed``: node boxes that
+    no parameter moves and their relaxation callback (from :func:`_node_boxes`, once by the caller), so
+    only the output's pass runs and parameter-free relaxations are built once."""
     with torch.enable_grad():
-        if fixed_boxes is None:
+        if fixed is None:
             bounds, relax = _node_boxes(graph, lower, upper, propagator, options, splits, parameters)
         else:
-            bounds = dict(fixed_boxes)
-            relax = AlphaRelaxations(bounds, parameters.alphas, parameters.rows, parameters.optimise)
+            bounds, relax = dict(fixed[0]), fixed[1]
         result = propagator.lower_bound(graph.output_name, coeffs, bounds, relax, splits, parameters.betas)
     infeasible = bounds.pop(INFEASIBLE, None)
     detached = close_infeasible(result.detach(), {INFEASIBLE: infeasible} if infeasible is not None else {})
@@ -165,14 +165,14 @@ def _optimise(graph: Graph, lower: Tensor, upper: Tensor, coeffs: Tensor, propag
     best = None
     best_bounds: dict[str, Bounds] = {}
     optimiser = None
-    fixed_boxes = None
+    fixed = None
     if parameters.optimise == {graph.output_name}:
         # only the output's alphas move: the node boxes are the same at every iteration, so bound them once
         with torch.no_grad():
-            fixed_boxes = _node_boxes(graph, lower, upper, propagator, options, splits, parameters)[0]
+            fixed = _node_boxes(graph, lower, upper, propagator, options, splits, parameters)
     for iteration in range(options.iterations + 1):
         result, bounds, detached = _bound_with(graph, lower, upper, coeffs, propagator, options, splits, parameters,
-                                               fixed_boxes)
+                                               fixed)
         if best is None:
             best = detached.clone()
             best_bounds = {k: (l.detach(), u.detach()) for k, (l, u) in bounds.items()}
