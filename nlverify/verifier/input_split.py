@@ -183,7 +183,7 @@ def input_batch_domains(graph: Graph, options) -> int:
     return max(1, min(batch, INPUT_ROUND_BYTES // max(graph.num_neurons * ROUND_BYTES_PER_NEURON, 1)))
 
 
-INPUT_BATCH, LARGE_INPUT_BATCH = 2048, 8192
+INPUT_BATCH, LARGE_INPUT_BATCH = 2048, 16384
 INPUT_ROUND_BYTES = 4 << 30
 ROUND_BYTES_PER_NEURON = 64
 
