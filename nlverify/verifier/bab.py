@@ -34,8 +34,9 @@ from nlverify.bounds.backward_steps import box_minimum
 from nlverify.verifier.activation_split import ActivationSplitSearch, bound_activation_domains
 from nlverify.verifier.branching import refinement_cost
 from nlverify.verifier.domains import best_rows, closed_domains, domain_gap
+from nlverify.verifier.input_rules import INPUT_BOUNDS
 from nlverify.verifier.input_split import (
-    INPUT_BOUNDS, INPUT_BRANCHING, STRONG_BRANCHING_MAX_INPUTS, InputSplitSearch, bound_input_boxes, free_dims,
+    INPUT_BRANCHING, STRONG_BRANCHING_MAX_INPUTS, InputSplitSearch, bound_input_boxes, free_dims,
     inherited_lower_bound, linear_minimiser, split_box,
 )
 from nlverify.verifier.pipeline import INPUT_SPLIT_MAX_INPUTS, Problem, ProblemOutcome
@@ -83,7 +84,7 @@ class BabOptions:
     input_alpha_min_cost: float = 1e6
     input_bounds: str = "auto"  # input split node boxes: "crown", "hybrid" (forward, CROWN where open),
     # "forward", or "auto": "forward" on networks whose CROWN pass per domain costs at least
-    # input_forward_min_cost multiply-adds, else "crown" (see input_split.input_bound_method)
+    # input_forward_min_cost multiply-adds, else "crown" (see input_rules.input_bound_method)
     input_forward_min_cost: float = 1e8
     input_branching: str = "auto"  # "smear", "strong" (try every dimension), "alternate" (strong at depths
     # that are multiples of strong_every, smear elsewhere), "auto": alternate up to STRONG_BRANCHING_MAX_INPUTS

@@ -37,15 +37,15 @@ from nlverify.bounds.crown import CrownOptions, DefaultRelaxations, close_infeas
 from nlverify.bounds.forward import forward_bounds, forward_row_bounds
 from nlverify.graph import Graph
 from nlverify.verifier.box_clipping import CLIP_ROUNDS, clip_to_violation
-from nlverify.verifier.branching import input_split_scores, refinement_cost
+from nlverify.verifier.branching import input_split_scores
 from nlverify.verifier.conjunction import conjunction_gap
 from nlverify.verifier.domains import DomainStoreFull, best_rows, closed_domains, domain_gap
+from nlverify.verifier.input_rules import INPUT_BOUNDS, input_alpha_iterations, input_batch_domains, input_bound_method
 from nlverify.verifier.pipeline import free_dims
 from nlverify.verifier.search import BabReport, Search
 
 __all__ = ["InputSplitSearch", "bound_input_boxes", "linear_minimiser", "inherited_lower_bound",
-           "split_box", "free_dims", "input_alpha_iterations", "input_bound_method", "input_batch_domains",
-           "INPUT_BOUNDS", "INPUT_BRANCHING", "STRONG_BRANCHING_MAX_INPUTS"]
+           "split_box", "free_dims", "INPUT_BRANCHING", "STRONG_BRANCHING_MAX_INPUTS"]
 
 STEERING_STEPS = 4  # descent steps per row that test whether a row can still be proved on a box
 STEERING_TOLERANCE = 0.25  # a row violated by less than this fraction of its bound's gap still steers
@@ -76,9 +76,6 @@ def split_box(lower: Tensor, upper: Tensor, dim: Tensor, point: Tensor) -> tuple
     right_low = lower.clone()
     right_low[rows, dim] = point
     return torch.cat([lower, right_low]), torch.cat([left_up, upper])
-
-
-INPUT_BOUNDS = ("hybrid", "crown", "forward")
 
 
 def _output_bound(graph: Graph, propagator, bounds: dict, C: Tensor, lower: Tensor,
@@ -134,58 +131,6 @@ def bound_input_boxes(graph: Graph, propagator, lower: Tensor, upper: Tensor, C:
                                          need_upper=False)
         lb = torch.maximum(lb, optimised)
     return lb, a, constant
-
-
-AUTO_INPUT_ALPHA_ITERATIONS = 12
-
-
-def input_bound_method(graph: Graph, options) -> str:
-    """How input-split boxes get their node boxes: ``options.input_bounds``, or for ``"auto"``
-    ``"forward"`` on networks whose CROWN pass per domain costs at least ``options.input_forward_min_cost``
-    multiply-adds, else ``"crown"``. CROWN's passes grow with every neuron they bound, forward bounds
-    with the input count only, and past ``CrownOptions.max_crown_neurons`` CROWN falls back to IBP.
-    cgan (5 inputs, layers of up to 28,800 neurons, cost 8.6e9): the root box bounded in 0.26 s with
-    forward boxes against 16.6 s with CROWN's, and tighter (gap -1.22 against -2.39); 16 sub-boxes
-    0.34 s against 259 s. Every other shared benchmark costs at most 2.3e7 and keeps "crown"."""
-    method = options.input_bounds
-    if method == "auto":
-        return "forward" if refinement_cost(graph) >= options.input_forward_min_cost else "crown"
-    if method not in INPUT_BOUNDS:
-        raise ValueError(f"unknown input-split bound method '{method}', expected 'auto' or one of {INPUT_BOUNDS}")
-    return method
-
-
-def input_alpha_iterations(graph: Graph, options) -> int:
-    """The alpha-CROWN iterations per input-split child: ``options.input_alpha_iterations``, or for
-    ``"auto"`` :data:`AUTO_INPUT_ALPHA_ITERATIONS` on networks whose CROWN pass per domain costs at
-    least ``options.input_alpha_min_cost`` multiply-adds, else 0 (see ``BabOptions``). "auto" gives 0
-    too where node boxes come from forward bounds alone (:func:`input_bound_method`): alpha-CROWN
-    bounds its node boxes by CROWN, the cost that forward bounds are there to avoid."""
-    if options.input_alpha_iterations != "auto":
-        return int(options.input_alpha_iterations)
-    if input_bound_method(graph, options) == "forward":
-        return 0
-    return AUTO_INPUT_ALPHA_ITERATIONS if refinement_cost(graph) >= options.input_alpha_min_cost else 0
-
-
-def input_batch_domains(graph: Graph, options) -> int:
-    """Domains popped per input-split round: ``options.input_batch_domains``, or for ``"auto"``
-    :data:`LARGE_INPUT_BATCH` on networks whose CROWN pass per domain costs under
-    ``options.input_large_batch_max_cost`` multiply-adds, else :data:`INPUT_BATCH` (see ``BabOptions``),
-    and never more than :data:`INPUT_ROUND_BYTES` allow at :data:`ROUND_BYTES_PER_NEURON` per neuron
-    of the network and domain. A round holds per-neuron tensors of both children of every domain
-    (relaxations, the steering descent's activations): cgan (165,000 neurons) at 2,048 domains peaked at
-    11.3 GB, about 33 bytes per neuron and domain; the cap gives it 406. The largest other shared
-    network (ml4acopf, 9,300 neurons) is allowed 7,216, above its 2,048."""
-    if options.input_batch_domains != "auto":
-        return int(options.input_batch_domains)
-    batch = LARGE_INPUT_BATCH if refinement_cost(graph) < options.input_large_batch_max_cost else INPUT_BATCH
-    return max(1, min(batch, INPUT_ROUND_BYTES // max(graph.num_neurons * ROUND_BYTES_PER_NEURON, 1)))
-
-
-INPUT_BATCH, LARGE_INPUT_BATCH = 2048, 16384
-INPUT_ROUND_BYTES = 4 << 30
-ROUND_BYTES_PER_NEURON = 64
 
 
 class InputSplitSearch(Search):

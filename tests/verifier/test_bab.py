@@ -221,7 +221,8 @@ def test_a_region_that_fixes_most_inputs_is_searched_by_input_split(tmp_path):
 def test_input_batch_auto_follows_the_per_domain_cost(tmp_path, monkeypatch):
     """``auto`` pops large batches on cheap networks (per-round overhead dominates there) and the usual
     batch elsewhere; an explicit size always wins, and the search pops what the rule says."""
-    from nlverify.verifier.input_split import INPUT_BATCH, LARGE_INPUT_BATCH, InputSplitSearch, input_batch_domains
+    from nlverify.verifier.input_rules import INPUT_BATCH, LARGE_INPUT_BATCH, input_batch_domains
+    from nlverify.verifier.input_split import InputSplitSearch
     model = _model(tmp_path, "tanh")
     assert input_batch_domains(model.graph, BabOptions()) == LARGE_INPUT_BATCH  # a 2-16-16-1 net is cheap
     assert input_batch_domains(model.graph, BabOptions(input_large_batch_max_cost=0.0)) == INPUT_BATCH
@@ -237,7 +238,7 @@ def test_input_batch_auto_follows_the_per_domain_cost(tmp_path, monkeypatch):
 def test_input_alpha_iterations_auto_follows_the_per_domain_cost(tmp_path):
     """``auto`` spends alpha iterations on input-split children only on networks whose CROWN pass per
     domain is expensive (few domains are affordable there); an explicit count always wins."""
-    from nlverify.verifier.input_split import AUTO_INPUT_ALPHA_ITERATIONS, input_alpha_iterations
+    from nlverify.verifier.input_rules import AUTO_INPUT_ALPHA_ITERATIONS, input_alpha_iterations
     model = _model(tmp_path, "tanh")
     assert input_alpha_iterations(model.graph, BabOptions()) == 0  # a 2-16-16-1 net is cheap
     expensive = BabOptions(input_alpha_min_cost=0.0)
@@ -274,16 +275,17 @@ def test_input_bounds_auto_goes_forward_on_costly_networks(tmp_path, monkeypatch
     """``auto`` bounds input-split boxes by CROWN unless a CROWN pass per domain costs at least
     ``input_forward_min_cost``; then by forward bounds, without alpha-CROWN (which would bring CROWN's
     passes back). The search uses the rule's method, and still proves and falsifies correctly."""
+    import nlverify.verifier.input_rules as input_rules
     import nlverify.verifier.input_split as input_split
 
     model = _model(tmp_path, "tanh")
     costly = BabOptions(mode="input", input_forward_min_cost=0.0, input_alpha_min_cost=0.0)
-    assert input_split.input_bound_method(model.graph, BabOptions()) == "crown"  # a 2-16-16-1 net is cheap
-    assert input_split.input_bound_method(model.graph, costly) == "forward"
-    assert input_split.input_alpha_iterations(model.graph, costly) == 0
-    assert input_split.input_bound_method(model.graph, BabOptions(input_bounds="hybrid")) == "hybrid"
+    assert input_rules.input_bound_method(model.graph, BabOptions()) == "crown"  # a 2-16-16-1 net is cheap
+    assert input_rules.input_bound_method(model.graph, costly) == "forward"
+    assert input_rules.input_alpha_iterations(model.graph, costly) == 0
+    assert input_rules.input_bound_method(model.graph, BabOptions(input_bounds="hybrid")) == "hybrid"
     with pytest.raises(ValueError, match="unknown input-split bound method"):
-        input_split.input_bound_method(model.graph, BabOptions(input_bounds="exact"))
+        input_rules.input_bound_method(model.graph, BabOptions(input_bounds="exact"))
     methods = []
     original = input_split.bound_input_boxes
     monkeypatch.setattr(input_split, "bound_input_boxes",
@@ -297,12 +299,12 @@ def test_input_bounds_auto_goes_forward_on_costly_networks(tmp_path, monkeypatch
 def test_input_batch_auto_stays_within_the_round_memory(tmp_path, monkeypatch):
     """``auto`` never pops more domains than INPUT_ROUND_BYTES allow at ROUND_BYTES_PER_NEURON per neuron
     and domain (cgan's rounds of 2,048 domains held 11.3 GB); an explicit size is not capped."""
-    import nlverify.verifier.input_split as input_split
+    import nlverify.verifier.input_rules as input_rules
 
     model = _model(tmp_path, "tanh")
-    monkeypatch.setattr(input_split, "INPUT_ROUND_BYTES",
-                        5 * model.graph.num_neurons * input_split.ROUND_BYTES_PER_NEURON)
-    assert input_split.input_batch_domains(model.graph, BabOptions()) == 5
-    assert input_split.input_batch_domains(model.graph, BabOptions(input_batch_domains=7)) == 7
-    monkeypatch.setattr(input_split, "INPUT_ROUND_BYTES", 1)
-    assert input_split.input_batch_domains(model.graph, BabOptions()) == 1
+    monkeypatch.setattr(input_rules, "INPUT_ROUND_BYTES",
+                        5 * model.graph.num_neurons * input_rules.ROUND_BYTES_PER_NEURON)
+    assert input_rules.input_batch_domains(model.graph, BabOptions()) == 5
+    assert input_rules.input_batch_domains(model.graph, BabOptions(input_batch_domains=7)) == 7
+    monkeypatch.setattr(input_rules, "INPUT_ROUND_BYTES", 1)
+    assert input_rules.input_batch_domains(model.graph, BabOptions()) == 1
