@@ -57,12 +57,12 @@ class BabOptions:
     mode: str = "auto"  # "auto": input split when the region leaves <= input_split_max_inputs inputs free
     input_split_max_inputs: int = INPUT_SPLIT_MAX_INPUTS
     batch_domains: int = 256  # activation split: domains popped per round (2x children bounded)
-    input_batch_domains: int | str = "auto"  # input split: domains popped per round; "auto": 16384 on networks
+    input_batch_domains: int | str = "auto"  # input split: domains popped per round; "auto": 8192 on networks
     # whose CROWN pass per domain costs under input_large_batch_max_cost multiply-adds, else 2048 (lsnc state,
-    # cost 6.6e3, BaB alone, one thread: state_6 problem 0 2048 -> 46.8 s, 8192 -> 33.4 s; state_8 26.7 /
-    # 4096 22.6 / 21.3 s; the per-round work is shared overhead on such small nets. Two threads, 8192 ->
-    # 16384 -> 32768: state_0 181.2 -> 163.3 -> 189.6 s (8.47M domains each); state_10 79.4 -> 73.6 s;
-    # state_6 13.3 -> 12.5 s)
+    # cost 6.6e3, BaB alone: state_6 problem 0 2048 -> 46.8 s, 8192 -> 33.4 s; state_8 26.7 / 4096 22.6 /
+    # 21.3 s; the per-round work is shared overhead on such small nets. 16384 was tried: state_0 BaB alone
+    # on two threads 181.2 -> 163.3 s, but whole pipelines within noise (state_10 74.3 / 71.6 s, state_6
+    # 13.8 / 14.0, state_18 35.9 / 35.7) at a third more peak memory (1.4 -> 1.9 GB); 32768: 189.6 s)
     input_large_batch_max_cost: float = 1e5
     iterations: int = 4  # alpha/beta iterations per activation-split round (warm-started; eran 7903, 60 s:
     # 8 -> 2561 domains, worst gap -1.53; 4 -> 3839, -1.38; 2 -> 3925, -1.49)
