@@ -331,9 +331,13 @@ def round_options(options: AttackOptions, index: int) -> AttackOptions:
 
 
 def attack(model, spec: Spec | ViolationTensors, options: AttackOptions | None = None,
-           deadline: float = math.inf, rounds: int = 1, round_offset: int = 0) -> list[Candidate]:
+           deadline: float = math.inf, rounds: int = 1, round_offset: int = 0,
+           record: dict | None = None) -> list[Candidate]:
     """``rounds`` rounds of sampling (low-dimensional boxes) then batched PGD; returns violating
-    candidates, best margin first (empty when none was found before ``deadline``).
+    candidates, best margin first (empty when none was found before ``deadline``). ``record``, when
+    given, keeps under ``"best_margin"`` the smallest violation margin any evaluated point reached, over
+    this and earlier calls with the same dict (``> 0``: nothing violated; a small value says the property
+    is nearly violated, a large one that a proof should be within reach of tight enough bounds).
 
     Round ``i = round_offset + j`` uses seed ``options.seed + i`` and :func:`round_options` ``(options, i)``,
     so a caller can continue an earlier search with fresh and larger rounds by passing ``round_offset``.
@@ -352,6 +356,7 @@ def attack(model, spec: Spec | ViolationTensors, options: AttackOptions | None =
         seeds = None
         if tensors.lower.shape[1] <= current.sample_max_inputs and current.samples_per_region > 0:
             xs, rs, ms = sample_boxes(model, tensors, current, generator)
+            _note_margin(record, ms)
             found = _to_candidates(xs, rs, ms, tensors, current.max_candidates)
             if found or time.monotonic() > deadline:
                 return found
@@ -362,10 +367,20 @@ def attack(model, spec: Spec | ViolationTensors, options: AttackOptions | None =
         x0[odd] = diversify(model, x0[odd], tensors.lower[region[odd]], tensors.upper[region[odd]], current,
                             generator)
         best_x, best_margin = pgd(model, tensors, x0, region, current, deadline, target, generator)
+        _note_margin(record, best_margin)
         found = _to_candidates(best_x, region, best_margin, tensors, current.max_candidates)
         if found or time.monotonic() > deadline:
             return found
     return []
+
+
+def _note_margin(record: dict | None, margins: Tensor) -> None:
+    """Lower ``record["best_margin"]`` to the smallest finite margin in ``margins``."""
+    if record is None:
+        return
+    finite = margins[torch.isfinite(margins)]
+    if finite.numel():
+        record["best_margin"] = min(record.get("best_margin", math.inf), float(finite.min()))
 
 
 def model_parameters(model):

@@ -368,9 +368,12 @@ def verify_loaded(model, model_path: str, spec: Spec, clock: _Clock | float, dev
     stats: dict[str, object] = {"regions": len(spec.regions),
                                 "problems": sum(len(r.disjuncts) for r in spec.regions)}
     attack_options = AttackOptions(**{**vars(options.attack), "seed": seed})
+    attack_record: dict[str, float] = {}
 
     def finish(verdict: Verdict, found=None, message: str = "") -> VerificationResult:
         clock.lap("finish")
+        if "best_margin" in attack_record:  # how close the attack came (<= 0 when it found a violation)
+            stats["attack_margin"] = float(f"{attack_record['best_margin']:.4g}")
         x, y = found if found is not None else (None, None)
         return VerificationResult(verdict, x, y, dict(clock.timings), stats, message)
 
@@ -378,7 +381,8 @@ def verify_loaded(model, model_path: str, spec: Spec, clock: _Clock | float, dev
     with torch.no_grad():
         tensors = violation_tensors(spec, dtype, device)
     # 1. attack
-    found = _confirm(model_path, spec, attack(model, tensors, attack_options, clock.deadline), stats)
+    found = _confirm(model_path, spec, attack(model, tensors, attack_options, clock.deadline, record=attack_record),
+                     stats)
     clock.lap("attack")
     if found is not None:
         return finish(Verdict.SAT, found, "counterexample found by the attack")
@@ -430,7 +434,7 @@ def verify_loaded(model, model_path: str, spec: Spec, clock: _Clock | float, dev
     # 4. more falsification with fresh restarts while the budget lasts
     if options.extra_attack_rounds > 0 and not clock.expired():
         candidates = attack(model, tensors, attack_options, clock.deadline, rounds=options.extra_attack_rounds,
-                            round_offset=1)
+                            round_offset=1, record=attack_record)
         found = _confirm(model_path, spec, candidates, stats)
         clock.lap("attack")
         if found is not None:

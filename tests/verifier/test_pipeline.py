@@ -143,6 +143,19 @@ def test_bab_hook_receives_open_problems_and_unknown_without_proof(folder):
     assert verify(folder / "relu.onnx", spec_path, timeout=30, options=proving).verdict is Verdict.UNSAT
 
 
+def test_stats_report_how_close_the_attack_came(folder):
+    """``attack_margin``: the smallest violation margin the attack reached. ``y >= 2.5`` against
+    ``max y = 2`` (at ``x0 = 1``) has true minimum margin 0.5, which no point can beat and the attack
+    finds; a violated property reports a margin <= 0."""
+    spec_path = write(folder / "close.vnnlib", UNSAT_SPEC.replace("3.5", "2.5"))
+    options = PipelineOptions(bab=lambda m, p, t, **k: [ProblemOutcome() for _ in p], alpha_iterations=5)
+    result = verify(folder / "relu.onnx", spec_path, timeout=30, options=options)
+    assert result.verdict is Verdict.UNKNOWN
+    assert 0.5 - 1e-6 <= result.stats["attack_margin"] <= 0.5 + 1e-3
+    sat = verify(folder / "relu.onnx", write(folder / "far.vnnlib", SAT_SPEC), timeout=30)
+    assert sat.verdict is Verdict.SAT and sat.stats["attack_margin"] <= 0
+
+
 def test_a_wrong_counterexample_from_bab_is_not_reported(folder):
     spec_path = write(folder / "hard2.vnnlib", UNSAT_SPEC.replace("3.5", "2.5"))
     lying = PipelineOptions(bab=lambda m, p, t, **k: [ProblemOutcome(counterexample=np.zeros(2)) for _ in p],
