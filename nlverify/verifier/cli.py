@@ -26,7 +26,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the attack (default 0)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: robust on shared machines; raise it on idle ones)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also print why the verdict was reached, stage counts, attack_margin (the smallest "
+                        "violation margin the attack reached; <= 0: violated) and any counterexample; on an "
+                        "internal error, the traceback")
     # Hidden, for the BaB ablation (benchmarks/ablation.py): which neuron, and where to split it.
     p.add_argument("--bab-branching", choices=["bbps", "width"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--bab-split-points", choices=["table", "midpoint"], default=None, help=argparse.SUPPRESS)
