@@ -45,7 +45,7 @@ from torch import Tensor
 
 from nlverify.verifier.spec import Spec
 
-__all__ = ["AttackOptions", "Candidate", "ViolationTensors", "violation_tensors", "violation_margin",
+__all__ = ["AttackOptions", "AttackRecord", "Candidate", "ViolationTensors", "violation_tensors", "violation_margin",
            "conjunction_margins", "attack", "sample_boxes", "pgd", "face_biased_uniform", "round_options",
            "diversify"]
 
@@ -330,14 +330,27 @@ def round_options(options: AttackOptions, index: int) -> AttackOptions:
                    samples_per_region=round(options.samples_per_region * factor))
 
 
+@dataclass
+class AttackRecord:
+    """How close the attack came, over every call that shares this record: the smallest violation margin
+    of any point it evaluated (``> 0``: nothing violated; a small value says the property is nearly
+    violated, a large one that tight enough bounds should prove it; ``inf`` until a finite margin)."""
+
+    best_margin: float = math.inf
+
+    def note(self, margins: Tensor) -> None:
+        finite = margins[torch.isfinite(margins)]
+        if finite.numel():
+            self.best_margin = min(self.best_margin, float(finite.min()))
+
+
 def attack(model, spec: Spec | ViolationTensors, options: AttackOptions | None = None,
            deadline: float = math.inf, rounds: int = 1, round_offset: int = 0,
-           record: dict | None = None) -> list[Candidate]:
+           record: AttackRecord | None = None) -> list[Candidate]:
     """``rounds`` rounds of sampling (low-dimensional boxes) then batched PGD; returns violating
     candidates, best margin first (empty when none was found before ``deadline``). ``record``, when
-    given, keeps under ``"best_margin"`` the smallest violation margin any evaluated point reached, over
-    this and earlier calls with the same dict (``> 0``: nothing violated; a small value says the property
-    is nearly violated, a large one that a proof should be within reach of tight enough bounds).
+    given, is lowered to the smallest violation margin any evaluated point reached (see
+    :class:`AttackRecord`).
 
     Round ``i = round_offset + j`` uses seed ``options.seed + i`` and :func:`round_options` ``(options, i)``,
     so a caller can continue an earlier search with fresh and larger rounds by passing ``round_offset``.
@@ -356,7 +369,8 @@ def attack(model, spec: Spec | ViolationTensors, options: AttackOptions | None =
         seeds = None
         if tensors.lower.shape[1] <= current.sample_max_inputs and current.samples_per_region > 0:
             xs, rs, ms = sample_boxes(model, tensors, current, generator)
-            _note_margin(record, ms)
+            if record is not None:
+                record.note(ms)
             found = _to_candidates(xs, rs, ms, tensors, current.max_candidates)
             if found or time.monotonic() > deadline:
                 return found
@@ -367,20 +381,12 @@ def attack(model, spec: Spec | ViolationTensors, options: AttackOptions | None =
         x0[odd] = diversify(model, x0[odd], tensors.lower[region[odd]], tensors.upper[region[odd]], current,
                             generator)
         best_x, best_margin = pgd(model, tensors, x0, region, current, deadline, target, generator)
-        _note_margin(record, best_margin)
+        if record is not None:
+            record.note(best_margin)
         found = _to_candidates(best_x, region, best_margin, tensors, current.max_candidates)
         if found or time.monotonic() > deadline:
             return found
     return []
-
-
-def _note_margin(record: dict | None, margins: Tensor) -> None:
-    """Lower ``record["best_margin"]`` to the smallest finite margin in ``margins``."""
-    if record is None:
-        return
-    finite = margins[torch.isfinite(margins)]
-    if finite.numel():
-        record["best_margin"] = min(record.get("best_margin", math.inf), float(finite.min()))
 
 
 def model_parameters(model):

@@ -45,12 +45,12 @@ import torch
 from torch import Tensor
 
 from nlverify import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
-from nlverify.verifier.attack import AttackOptions, Candidate, attack, model_parameters, violation_tensors
+from nlverify.verifier.attack import AttackOptions, AttackRecord, Candidate, attack, model_parameters, violation_tensors
 from nlverify.verifier.result import Verdict, validate_counterexample
 from nlverify.verifier.spec import Spec, check_against_model, parse_vnnlib
 
-__all__ = ["PROOF_ABS_TOL", "PROOF_REL_TOL", "INPUT_SPLIT_MAX_INPUTS", "proof_margin", "Problem", "ProblemOutcome", "PipelineOptions",
-           "VerificationResult", "verify", "verify_loaded", "bab", "rows_proved", "alpha_stalled"]
+__all__ = ["PROOF_ABS_TOL", "PROOF_REL_TOL", "INPUT_SPLIT_MAX_INPUTS", "proof_margin", "Problem", "ProblemOutcome",
+           "PipelineOptions", "VerificationResult", "verify", "verify_loaded", "bab", "rows_proved", "alpha_stalled"]
 
 PROOF_ABS_TOL = 1e-6
 PROOF_REL_TOL = 1e-5
@@ -368,12 +368,12 @@ def verify_loaded(model, model_path: str, spec: Spec, clock: _Clock | float, dev
     stats: dict[str, object] = {"regions": len(spec.regions),
                                 "problems": sum(len(r.disjuncts) for r in spec.regions)}
     attack_options = AttackOptions(**{**vars(options.attack), "seed": seed})
-    attack_record: dict[str, float] = {}
+    attack_record = AttackRecord()
 
     def finish(verdict: Verdict, found=None, message: str = "") -> VerificationResult:
         clock.lap("finish")
-        if "best_margin" in attack_record:  # how close the attack came (<= 0 when it found a violation)
-            stats["attack_margin"] = float(f"{attack_record['best_margin']:.4g}")
+        if math.isfinite(attack_record.best_margin):  # how close the attack came (<= 0: it found a violation)
+            stats["attack_margin"] = float(f"{attack_record.best_margin:.4g}")
         x, y = found if found is not None else (None, None)
         return VerificationResult(verdict, x, y, dict(clock.timings), stats, message)
 
