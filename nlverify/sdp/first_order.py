@@ -87,6 +87,13 @@ class Progress:
     iterations: int = 0
     evaluations: int = 0
 
+    def record(self, rho: float, point: np.ndarray) -> None:
+        """Count one evaluation; keep ``point`` (copied) when its exact ``rho`` is the smallest so far.
+        ``rho`` is None for a point outside the barrier's domain, which is counted and never kept."""
+        self.evaluations += 1
+        if rho is not None and rho < self.rho:
+            self.rho, self.v = rho, point.copy()
+
 
 class LogObjective:
     """``s -> f_mu(exp(s))`` and its gradient; records every feasible point in ``progress``."""
@@ -96,12 +103,10 @@ class LogObjective:
 
     def __call__(self, s: np.ndarray, mu: float) -> tuple[float, np.ndarray] | None:
         v = np.exp(s)
-        self.progress.evaluations += 1
         val = schur_value(self.lmi, v, mu)
+        self.progress.record(None if val is None else val.rho, self.to_best(v))
         if val is None:
             return None
-        if val.rho < self.progress.rho:
-            self.progress.rho, self.progress.v = val.rho, self.to_best(v)
         return val.smoothed, val.gradient * v
 
 

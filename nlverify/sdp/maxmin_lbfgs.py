@@ -71,12 +71,10 @@ class RiccatiObjective:
     def __call__(self, s: np.ndarray, mu: float) -> tuple[float, np.ndarray] | None:
         v = np.exp(s)
         t = self.expand(v)
-        self.progress.evaluations += 1
         val = riccati_value(self.stages, self.output, t, mu, mu / self.pairs)
+        self.progress.record(None if val is None else val.rho, t)
         if val is None:
             return None
-        if val.rho < self.progress.rho:
-            self.progress.rho, self.progress.v = val.rho, t.copy()
         return val.smoothed, self.reduce(val.gradient) * v
 
 

@@ -216,12 +216,10 @@ class PauliObjective:
 
     def __call__(self, x: np.ndarray, mu: float):
         theta = x if self.expansion is None else self.expansion(x)
-        self.progress.evaluations += 1
         val = pauli_value(self.weights, self.qcs, theta, mu, mu / self.count)
+        self.progress.record(None if val is None else val.rho, theta)
         if val is None:
             return None
-        if val.rho < self.progress.rho:
-            self.progress.rho, self.progress.v = val.rho, theta.copy()
         grad = val.gradient if self.expansion is None else self.expansion.reduce(val.gradient)
         return val.smoothed, grad
 
