@@ -101,6 +101,10 @@ class BabOptions:
     rebound_volume_ratio: float = 0.5  # input split: bound a clipped child again when clipping left less than
     # this share of its volume (0: never); lsnc BaB alone, state_6 / state_8 problem 0: 0 -> 33.4 / 21.3 s,
     # 0.25 -> 31.6 / 19.4, 0.5 -> 28.9 / 17.6, 0.8 -> 30.6 / 16.6
+    input_workers: int | str = "auto"  # input split: processes sharing the open domains once the search has
+    # run parallel_after_s seconds alone; "auto": one per torch thread (verify --threads), see
+    # input_rules.input_workers and nlverify.verifier.parallel
+    parallel_after_s: float = 2.0
     refine_intermediate: str = "auto"  # "on"/"off"/"auto": re-bound intermediate boxes of children by CROWN
     refine_max_cost: float = 2e7  # "auto" turns refinement on below this many multiply-adds per domain
     warm_start: bool = True  # keep alphas/betas per domain and start children from them (measured on eran
@@ -186,7 +190,8 @@ def branch_and_bound(model, problems: list[Problem], time_left: float, device: s
         log.info("bab problems %s (region %d): %s after %d rounds, %d domains, depth %d, %.1fs, %d/%d proved%s",
                  [problems[i].conjunction for i in group], problems[group[0]].region, report.status, report.rounds,
                  report.domains, report.max_depth, report.seconds, sum(proved), len(group),
-                 f" ({report.message})" if report.message else "")
+                 (f" ({report.message})" if report.message else "")
+                 + (f" [{report.processes} worker processes]" if report.processes else ""))
         for i, done in zip(group, proved):
             outcomes[i].proved = done
         if report.status == "counterexample":

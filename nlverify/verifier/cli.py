@@ -25,7 +25,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="torch device (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the attack (default 0)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: robust on shared machines; raise it on idle ones)")
+                   help="CPU cores to use (default 1: robust on shared machines; raise it on idle ones): "
+                        "torch threads, and input-split branch and bound shards its domains across this "
+                        "many worker processes once it has run 2 s alone")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also print why the verdict was reached, stage counts, attack_margin (the smallest "
                         "violation margin the attack reached; <= 0: violated) and any counterexample; on an "

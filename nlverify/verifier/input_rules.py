@@ -5,11 +5,17 @@ domains per round. Each rule reads the network's CROWN cost per domain
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
+
+import torch
+
 from nlverify.graph import Graph
 from nlverify.verifier.branching import refinement_cost
 
 __all__ = ["INPUT_BOUNDS", "AUTO_INPUT_ALPHA_ITERATIONS", "INPUT_BATCH", "LARGE_INPUT_BATCH", "INPUT_ROUND_BYTES",
-           "ROUND_BYTES_PER_NEURON", "input_bound_method", "input_alpha_iterations", "input_batch_domains"]
+           "ROUND_BYTES_PER_NEURON", "input_bound_method", "input_alpha_iterations", "input_batch_domains",
+           "input_workers"]
 
 INPUT_BOUNDS = ("hybrid", "crown", "forward")
 AUTO_INPUT_ALPHA_ITERATIONS = 12
@@ -60,3 +66,17 @@ def input_batch_domains(graph: Graph, options) -> int:
         return int(options.input_batch_domains)
     batch = LARGE_INPUT_BATCH if refinement_cost(graph) < options.input_large_batch_max_cost else INPUT_BATCH
     return max(1, min(batch, INPUT_ROUND_BYTES // max(graph.num_neurons * ROUND_BYTES_PER_NEURON, 1)))
+
+
+def input_workers(options, device: torch.device) -> int:
+    """Processes an input-split search may shard its domains across
+    (:mod:`nlverify.verifier.parallel`): ``options.input_workers``, or for ``"auto"`` the torch thread
+    count (the cores the caller gave the verifier, ``verify --threads``), capped by the cores this
+    process may run on. 1 on a GPU (one device serves one process best) and where processes cannot be
+    forked."""
+    if torch.device(device).type != "cpu" or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    if options.input_workers != "auto":
+        return max(1, int(options.input_workers))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(torch.get_num_threads(), cores))

@@ -26,6 +26,7 @@ minimiser of each domain's linear bound (``x* = l where A_x > 0 else u``) and it
 from __future__ import annotations
 
 import math
+import time
 from functools import cached_property
 
 import torch
@@ -40,7 +41,8 @@ from nlverify.verifier.box_clipping import CLIP_ROUNDS, clip_to_violation
 from nlverify.verifier.branching import input_split_scores
 from nlverify.verifier.conjunction import conjunction_gap
 from nlverify.verifier.domains import DomainStoreFull, best_rows, closed_domains, domain_gap
-from nlverify.verifier.input_rules import INPUT_BOUNDS, input_alpha_iterations, input_batch_domains, input_bound_method
+from nlverify.verifier.input_rules import (INPUT_BOUNDS, input_alpha_iterations, input_batch_domains, input_bound_method,
+                                           input_workers)
 from nlverify.verifier.pipeline import free_dims
 from nlverify.verifier.search import BabReport, Search
 
@@ -143,9 +145,22 @@ class InputSplitSearch(Search):
 
     def run(self) -> BabReport:
         self.report.mode = "input"
-        o = self.options
-        alpha_iterations = input_alpha_iterations(self.graph, o)
-        batch_domains = input_batch_domains(self.graph, o)
+        self._bound_root()
+        workers = input_workers(self.options, self.Cs.device)
+        if workers > 1:
+            from nlverify.verifier.parallel import run_sharded
+
+            paused = self.search_rounds(until=time.monotonic() + self.options.parallel_after_s, min_open=workers)
+            return paused if paused is not None else run_sharded(self, workers)
+        return self.search_rounds()
+
+    @cached_property
+    def alpha_iterations(self) -> int:
+        return input_alpha_iterations(self.graph, self.options)
+
+    def _bound_root(self) -> None:
+        """Bound the region box of every problem and store what stays open."""
+        alpha_iterations = self.alpha_iterations
         problem = torch.arange(len(self.problems), device=self.Cs.device)
         low = self.problem.lower.unsqueeze(0).expand(len(self.problems), -1)
         up = self.problem.upper.unsqueeze(0).expand(len(self.problems), -1)
@@ -156,9 +171,21 @@ class InputSplitSearch(Search):
         lb = torch.maximum(lb, inherited_lower_bound(a, constant, low, up))
         self.push_open(self._input_fields(low, up, lb, a, constant, known, problem), torch.maximum(lb, known),
                        torch.zeros_like(problem), self._gap([(a, constant)], low, up, problem, empty))
+
+    def search_rounds(self, until: float | None = None, min_open: int = 1) -> BabReport | None:
+        """Split and bound the stored domains until none is open (the finished report), a counterexample
+        or the deadline; or, with ``until`` (monotonic), return None at the first round boundary past it
+        where at least ``min_open`` domains are open (for :func:`~nlverify.verifier.parallel.run_sharded`)."""
+        o = self.options
+        alpha_iterations = self.alpha_iterations
+        batch_domains = input_batch_domains(self.graph, o)
         while len(self.store):
             if self.expired():
                 return self.finish("timeout")
+            if until is not None and time.monotonic() >= until and len(self.store) >= min_open:
+                return None
+            if self.round_hook is not None:
+                self.round_hook(self)
             self.report.rounds += 1
             batch = self.pop(batch_domains)
             f = batch.fields

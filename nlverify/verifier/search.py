@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ class BabReport:
     message: str = ""
     seconds: float = 0.0
     problem: int = 0  # with a counterexample: which problem of the search it falsifies
+    processes: int = 0  # input split: worker processes forked (nlverify.verifier.parallel); 0 when serial
 
 
 def violation(model, x: Tensor, C: Tensor, d: Tensor) -> Tensor:
@@ -88,6 +89,10 @@ class Search:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(options.seed)
         self._round_started: float | None = None
+        # called at the top of every round with the search (a parallel worker answers work requests there)
+        self.round_hook: Callable[[Search], None] | None = None
+        # problems with domains still open in parallel workers (see nlverify.verifier.parallel)
+        self.open_in_workers = torch.zeros(len(problems), dtype=torch.bool, device=device)
 
     def expired(self) -> bool:
         """Called once at the top of every round: True when the deadline has passed, or when the
@@ -101,8 +106,9 @@ class Search:
         return now + last_round > self.deadline
 
     def problems_proved(self) -> list[bool]:
-        """Per problem: no domain of it is open in the store or in the batch being worked on."""
-        still_open = torch.zeros(len(self.problems), dtype=torch.bool, device=self.Cs.device)
+        """Per problem: no domain of it is open in the store, in the batch being worked on, or in a
+        parallel worker."""
+        still_open = self.open_in_workers.clone()
         still_open[self.store.values("problem").long()] = True
         still_open[self.in_flight] = True
         return (~still_open).tolist()
