@@ -85,9 +85,12 @@ def _from_numpy(arrays: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]) ->
                   torch.from_numpy(depth))
 
 
-def _answer_share_requests(search: Search, connection: Connection) -> None:
+def _answer_share_requests(search: Search, connection: Connection, parent: int | None = None) -> None:
     """A worker's round hook: on a request, hand every second open domain (worst gap first) to the
-    parent, or None when holding fewer than :data:`MIN_SHARE`."""
+    parent, or None when holding fewer than :data:`MIN_SHARE`. A worker whose parent (pid ``parent``)
+    is gone exits: a killed ``verify`` leaves no search running behind it."""
+    if parent is not None and os.getppid() != parent:
+        os._exit(0)
     if not connection.poll():
         return
     connection.recv()
@@ -107,7 +110,7 @@ def _worker_report(search: Search, report: BabReport) -> WorkerReport:
                         report.max_depth, report.worst_gap, report.message)
 
 
-def _work(search: Search, shard: Popped, connection: Connection, store_bytes: int) -> None:
+def _work(search: Search, shard: Popped, connection: Connection, store_bytes: int, parent: int) -> None:
     """The body of a forked worker: its shard's rounds, then one message ("done" or "error") and exit."""
     try:
         torch.set_num_threads(1)
@@ -115,7 +118,7 @@ def _work(search: Search, shard: Popped, connection: Connection, store_bytes: in
         search.store.push(shard.fields, shard.gap, shard.depth)
         search.report = BabReport("timeout", mode=search.report.mode)
         search._round_started = None
-        search.round_hook = lambda s: _answer_share_requests(s, connection)
+        search.round_hook = lambda s: _answer_share_requests(s, connection, parent)
         report = search.search_rounds()
         connection.send(("done", _worker_report(search, report)))
     except BaseException as error:  # noqa: BLE001 -- reported to the parent, which raises it again
@@ -153,7 +156,8 @@ class _Pool:
         context = multiprocessing.get_context("fork")
         parent_end, child_end = context.Pipe()
         store_bytes = max(1, self.search.options.max_memory_bytes // self.size)
-        process = context.Process(target=_work, args=(self.search, shard, child_end, store_bytes), daemon=True)
+        process = context.Process(target=_work, args=(self.search, shard, child_end, store_bytes, os.getpid()),
+                                  daemon=True)
         process.start()
         child_end.close()
         self.running[parent_end] = _Worker(process, time.monotonic())

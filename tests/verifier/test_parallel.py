@@ -121,3 +121,15 @@ def test_a_search_that_ends_before_the_pause_forks_nothing(waves):
                                 _options(parallel_after_s=30.0))
     assert report.status == "proved" and proved == [True] and report.processes == 0
     assert np.isfinite(report.seconds)
+
+
+def test_a_worker_whose_parent_is_gone_exits(waves, monkeypatch):
+    search = InputSplitSearch(waves, [_problem(0.0)], time.monotonic() + 60, _options())
+    parent_end, worker_end = Pipe()
+
+    def exit_(code):
+        raise SystemExit(code)
+    monkeypatch.setattr(parallel.os, "_exit", exit_)
+    parallel._answer_share_requests(search, worker_end, os.getppid())  # the parent is alive: no exit
+    with pytest.raises(SystemExit):
+        parallel._answer_share_requests(search, worker_end, os.getppid() + 1)
