@@ -22,6 +22,9 @@ bounded again; the others are bounded by CROWN with CROWN intermediate bounds (t
 call), and each is then clipped to the part where its own and its parent's linear bounds still allow a
 violation (:mod:`nlverify.verifier.box_clipping`; an emptied box is closed). Falsification tries the
 minimiser of each domain's linear bound (``x* = l where A_x > 0 else u``) and its centre.
+
+On several cores a search still open after ``BabOptions.parallel_after_s`` continues in forked worker
+processes that share its open domains (:mod:`nlverify.verifier.parallel`).
 """
 from __future__ import annotations
 
