@@ -117,7 +117,7 @@ def _work(search: Search, shard: Popped, connection: Connection, store_bytes: in
         search.store = DomainStore(store_bytes, device=search.store.device)
         search.store.push(shard.fields, shard.gap, shard.depth)
         search.report = BabReport("timeout", mode=search.report.mode)
-        search._round_started = None
+        search.reset_round_clock()
         search.round_hook = lambda s: _answer_share_requests(s, connection, parent)
         report = search.search_rounds()
         connection.send(("done", _worker_report(search, report)))

@@ -81,3 +81,20 @@ def test_alternate_branching_is_strong_every_few_depths(tmp_path):
     # ... but never where boxes are bounded by forward bounds (a costly network: 2 n of them per scored domain)
     costly = BabOptions(mode="input", strong_every=3, input_forward_min_cost=0.0)
     assert not InputSplitSearch(model, [problem], time.monotonic() + 30, costly)._strong_domains(depth).any()
+
+
+def test_strong_scoring_stops_at_the_deadline_and_leaves_smear(tmp_path):
+    low, up = torch.full((2,), -1.0), torch.ones(2)
+    _, _, search = _search(tmp_path, low, up, torch.tensor([RHO, 1.0]))
+    boxes_low, boxes_up = torch.rand(8, 2) - 1, torch.rand(8, 2)
+    smear = torch.rand(8, 2)
+    problem = torch.zeros(8, dtype=torch.long)
+    strong = torch.ones(8, dtype=torch.bool)
+    scores = smear.clone()
+    search.deadline = time.monotonic() + 60
+    search._strong_scores(scores, strong, boxes_low, boxes_up, problem)
+    assert torch.equal(scores, search.strong_input_scores(boxes_low, boxes_up, problem))
+    scores = smear.clone()
+    search.deadline = time.monotonic() - 1  # no time left: nothing is strong-scored
+    search._strong_scores(scores, strong, boxes_low, boxes_up, problem)
+    assert torch.equal(scores, smear)

@@ -52,3 +52,33 @@ def test_a_problem_is_proved_only_when_no_domain_of_it_is_open_or_in_flight(tmp_
     closed = torch.tensor([[1.0]])  # above d with margin: not pushed
     search.push_open({"problem": torch.tensor([0]), "x": torch.zeros(1, 2)}, closed, torch.zeros(1, dtype=torch.long))
     assert len(search.store) == 0
+
+
+class _Clock:
+    """A ``time`` stand-in whose ``monotonic()`` the test sets."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_round_is_not_started_when_a_recent_round_says_it_would_overrun(tmp_path, monkeypatch):
+    from nlverify.verifier import search as search_module
+
+    clock = _Clock(100.0)
+    monkeypatch.setattr(search_module, "time", clock)
+    search = Search(_model(tmp_path), [_problem([1.0, 0.0], 0.0)], 110.0, BabOptions())
+    assert not search.expired()  # the first round starts at 100
+    clock.now = 105.0
+    assert not search.expired()  # it took 5 s: 105 + 5 is not past 110
+    clock.now = 105.1
+    assert search.expired()  # a 0.1 s round, but the recent 5 s one would overrun (the last alone would not)
+    # time a search budgets itself (input split's strong scoring) is left out of the prediction
+    other = Search(_model(tmp_path), [_problem([1.0, 0.0], 0.0)], 110.0, BabOptions())
+    clock.now = 100.0
+    other.expired()
+    other.round_time_excluded = 4.9
+    clock.now = 105.0
+    assert not other.expired() and abs(other.next_round_seconds() - 0.1) < 1e-9
