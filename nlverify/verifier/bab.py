@@ -141,7 +141,7 @@ def bab_search(model, problems: list[Problem], deadline: float,
     search = search_class(model, problems, deadline, options)
     report = search.run()
     report.seconds = time.monotonic() - start
-    proved = [True] * len(problems) if report.status == "proved" else search.problems_proved()
+    proved = search.problems_proved()
     if report.status == "counterexample":
         report.problem = search.found_problem
     return report, proved

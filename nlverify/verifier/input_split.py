@@ -46,6 +46,7 @@ from nlverify.verifier.conjunction import conjunction_gap
 from nlverify.verifier.domains import DomainStoreFull, best_rows, closed_domains, domain_gap
 from nlverify.verifier.input_rules import (INPUT_BOUNDS, input_alpha_iterations, input_batch_domains, input_bound_method,
                                            input_workers)
+from nlverify.verifier.parallel import run_sharded
 from nlverify.verifier.pipeline import free_dims
 from nlverify.verifier.search import BabReport, Search
 
@@ -152,8 +153,6 @@ class InputSplitSearch(Search):
         self._bound_root()
         workers = input_workers(self.options, self.Cs.device)
         if workers > 1:
-            from nlverify.verifier.parallel import run_sharded
-
             paused = self.search_rounds(until=time.monotonic() + self.options.parallel_after_s, min_open=workers)
             return paused if paused is not None else run_sharded(self, workers)
         return self.search_rounds()

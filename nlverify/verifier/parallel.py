@@ -104,8 +104,8 @@ def _answer_share_requests(search: Search, connection: Connection, parent: int |
 
 
 def _worker_report(search: Search, report: BabReport) -> WorkerReport:
-    proved = [True] * len(search.problems) if report.status == "proved" else search.problems_proved()
-    return WorkerReport(report.status, report.counterexample, search.found_problem, [not p for p in proved],
+    return WorkerReport(report.status, report.counterexample, search.found_problem,
+                        [not p for p in search.problems_proved()],
                         report.rounds, report.domains, report.inherited_closed, report.open_domains,
                         report.max_depth, report.worst_gap, report.message)
 

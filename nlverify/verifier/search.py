@@ -160,6 +160,8 @@ class Search:
         return self.check_points(best_x, problem)
 
     def finish(self, status: str, counterexample: np.ndarray | None = None, message: str = "") -> BabReport:
+        if status == "proved":  # the last batch's children were all pushed or closed: nothing is in flight
+            self.in_flight = self.in_flight[:0]
         self.report.status = status
         self.report.counterexample = counterexample
         self.report.open_domains = len(self.store)
