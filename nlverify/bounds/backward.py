@@ -7,7 +7,9 @@ coefficients on its output into coefficients on its inputs plus a constant:
 * linear op ``y = L(x) + o``:  ``A . y = (A L) . x + A . o``  (exact);
 * unary op with relaxation lines ``ls*x + li <= f(x) <= us*x + ui``:
   ``A . f(x) >= (A+ ls + A- us) . x + A+ . li + A- . ui`` with ``A+ = max(A, 0)``, ``A- = min(A, 0)``;
-* binary op with relaxation planes: the same per input.
+* binary op with relaxation planes: the same per input; or, for a product whose factors are known as
+  affine functions of a small input, a second-order bound sent straight to the input
+  (:mod:`nlverify.bounds.second_order`).
 
 At the input box ``[l, u]``: ``A . x >= A+ . l + A- . u``. Upper bounds are lower bounds of ``-A``.
 Relaxations come from a callback, so alpha-CROWN reuses this traversal with its own parameters.
@@ -40,11 +42,12 @@ from nlverify.bounds.backward_steps import (
     box_minimum, box_minimum_through, dot, positive_negative, through_relaxation,
 )
 from nlverify.bounds.interval import Bounds
+from nlverify.bounds.second_order import InputQuadraticRelaxation, product_lower_terms
 from nlverify.bounds.relax import LinearRelaxation, PlaneRelaxation
 from nlverify.graph import Graph, Node
 from nlverify import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
 
-RelaxationFor = Callable[[Node, str], "LinearRelaxation | PlaneRelaxation"]
+RelaxationFor = Callable[[Node, str], "LinearRelaxation | PlaneRelaxation | InputQuadraticRelaxation"]
 
 #: Target size of the coefficients of one chunk of boxes (see the module docstring).
 CHUNK_BYTES = 4 << 20
@@ -232,6 +235,11 @@ class BackwardPropagator:
                 send(node.inputs[0], a_in)
             elif node.kind == "binary":
                 r = relaxation_for(node, start)
+                if isinstance(r, InputQuadraticRelaxation):  # bounded straight onto the input
+                    a_in, step = product_lower_terms(a, r)
+                    constant = constant + step
+                    send(self.graph.input_name, a_in.reshape(*a_in.shape[:2], *self.graph.input_shape))
+                    continue
                 a_pos, a_neg = positive_negative(a)
                 constant = constant + dot(a_pos, r.lower_intercept) + dot(a_neg, r.upper_intercept)
                 for source, (low_c, up_c) in zip(node.inputs, ((r.lower_x, r.upper_x), (r.lower_y, r.upper_y))):

@@ -105,6 +105,8 @@ class BabOptions:
     # run parallel_after_s seconds alone; "auto": one per torch thread (verify --threads), see
     # input_rules.input_workers and nlverify.verifier.parallel
     parallel_after_s: float = 2.0
+    second_order: bool = True  # input split: also bound products through their factors' affine bounds
+    # (nlverify.bounds.second_order) and keep the better bound per row
     refine_intermediate: str = "auto"  # "on"/"off"/"auto": re-bound intermediate boxes of children by CROWN
     refine_max_cost: float = 2e7  # "auto" turns refinement on below this many multiply-adds per domain
     warm_start: bool = True  # keep alphas/betas per domain and start children from them (measured on eran

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import time
 from functools import cached_property
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -39,6 +40,7 @@ from nlverify.bounds.alpha import AlphaOptions, alpha_crown
 from nlverify.bounds.backward_steps import box_minimum
 from nlverify.bounds.crown import CrownOptions, DefaultRelaxations, close_infeasible, propagate_bounds, spec_coefficients
 from nlverify.bounds.forward import forward_bounds, forward_row_bounds
+from nlverify.bounds.second_order import SecondOrderRelaxations, second_order_products
 from nlverify.graph import Graph
 from nlverify.verifier.box_clipping import CLIP_ROUNDS, clip_to_violation
 from nlverify.verifier.branching import input_split_scores
@@ -50,7 +52,7 @@ from nlverify.verifier.parallel import run_sharded
 from nlverify.verifier.pipeline import free_dims
 from nlverify.verifier.search import BabReport, Search
 
-__all__ = ["InputSplitSearch", "bound_input_boxes", "linear_minimiser", "inherited_lower_bound",
+__all__ = ["InputSplitSearch", "RowBounds", "bound_input_boxes", "linear_minimiser", "inherited_lower_bound",
            "split_box", "free_dims", "INPUT_BRANCHING", "STRONG_BRANCHING_MAX_INPUTS"]
 
 STEERING_STEPS = 4  # descent steps per row that test whether a row can still be proved on a box
@@ -85,14 +87,53 @@ def split_box(lower: Tensor, upper: Tensor, dim: Tensor, point: Tensor) -> tuple
     return torch.cat([lower, right_low]), torch.cat([left_up, upper])
 
 
-def _output_bound(graph: Graph, propagator, bounds: dict, C: Tensor, lower: Tensor,
-                  upper: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Backward (CROWN) bound of the rows ``C`` given node boxes: ``(lb, A, c)`` with ``A x + c`` the linear
-    lower bound of each row (``A`` ``(B, m, n)``; ``c`` float64, ``-inf`` where not finite)."""
+class RowBounds(NamedTuple):
+    """Bounds of the rows ``C`` on ``(B, n)`` boxes: lower bounds ``lb`` ``(B, m)``; a linear lower bound
+    ``A x + c`` of every row valid on the whole box (``A`` ``(B, m, n)``, ``c`` ``(B, m)`` float64,
+    ``-inf`` where not finite); and ``steer`` ``(B, m, n)``, the coefficients whose size per input says
+    where the row's bound is loose (smear branching): ``A`` itself, except where a second-order bound
+    won the row, whose tangent-plane slope is near zero at its minimiser whatever the looseness; there
+    the McCormick bound's ``A``."""
+
+    lb: Tensor
+    A: Tensor
+    c: Tensor
+    steer: Tensor
+
+    def merged(self, other: "RowBounds", better: Tensor) -> "RowBounds":
+        """Per row, ``other`` where ``better`` ``(B, m)`` else this."""
+        return RowBounds(torch.where(better, other.lb, self.lb), torch.where(better.unsqueeze(-1), other.A, self.A),
+                         torch.where(better, other.c, self.c), torch.where(better.unsqueeze(-1), other.steer, self.steer))
+
+
+def _better(candidate: Tensor, incumbent: Tensor) -> Tensor:
+    return torch.nan_to_num(candidate, nan=-math.inf) > torch.nan_to_num(incumbent, nan=-math.inf)
+
+
+def _output_bound(graph: Graph, propagator, bounds: dict, C: Tensor, lower: Tensor, upper: Tensor,
+                  second_order: bool = False) -> RowBounds:
+    """Backward (CROWN) bound of the rows ``C`` given node boxes.
+
+    ``second_order``: also bound the rows with products bounded through their factors' affine bounds
+    (:mod:`nlverify.bounds.second_order`) and keep, per row, the better of the two linear bounds."""
+    relaxations = DefaultRelaxations(bounds)
+    lb, a, constant = _linear_row_bound(graph, propagator, bounds, C, lower, upper, relaxations)
+    rows = RowBounds(lb, a, constant, a)
+    products = second_order_products(graph) if second_order else []
+    if products:
+        quadratic = SecondOrderRelaxations(relaxations, propagator, bounds, lower, upper, products)
+        lb_q, a_q, c_q = _linear_row_bound(graph, propagator, bounds, C, lower, upper, quadratic)
+        rows = rows.merged(RowBounds(lb_q, a_q, c_q, a), _better(lb_q, lb))
+    return rows
+
+
+def _linear_row_bound(graph: Graph, propagator, bounds: dict, C: Tensor, lower: Tensor, upper: Tensor,
+                      relaxations) -> tuple[Tensor, Tensor, Tensor]:
+    """One backward pass of the rows ``C`` with the given relaxations: ``(lb, A, c)`` (see :class:`RowBounds`)."""
     batch = lower.shape[0]
     coeffs = spec_coefficients(C, graph, batch, lower)
     record = {graph.input_name: None}
-    lb = propagator.lower_bound(graph.output_name, coeffs, bounds, DefaultRelaxations(bounds), record=record)
+    lb = propagator.lower_bound(graph.output_name, coeffs, bounds, relaxations, record=record)
     lb = close_infeasible(lb, bounds)
     a = record[graph.input_name]
     a = coeffs.new_zeros((batch, C.shape[-2], lower.shape[1])) if a is None else a.reshape(batch, C.shape[-2], -1)
@@ -103,41 +144,37 @@ def _output_bound(graph: Graph, propagator, bounds: dict, C: Tensor, lower: Tens
 
 def bound_input_boxes(graph: Graph, propagator, lower: Tensor, upper: Tensor, C: Tensor,
                       alpha_iterations: int = 0, deadline: float | None = None, d: Tensor | None = None,
-                      intermediate: str = "hybrid") -> tuple[Tensor, Tensor, Tensor]:
-    """Bounds of the rows ``C`` on ``(B, n)`` boxes: row lower bounds ``(B, m)``, and a linear lower bound
-    ``A x + c`` of every row: ``A`` ``(B, m, n)`` and ``c`` ``(B, m)`` (float64; ``-inf`` where not
-    finite), valid on the whole box.
+                      intermediate: str = "hybrid", second_order: bool = True) -> RowBounds:
+    """Bounds of the rows ``C`` on ``(B, n)`` boxes (:class:`RowBounds`).
 
     ``intermediate``: how node boxes are obtained before the backward pass of the rows --
     ``"crown"`` (a backward pass per unstable neuron), ``"forward"`` (forward affine bounds,
     :mod:`nlverify.bounds.forward`, ~10x cheaper, looser on wide boxes), or ``"hybrid"``: forward first,
     then CROWN only on the boxes that ``d`` shows are not yet closed (all of them when ``d`` is None),
-    keeping per row the better of the two linear bounds."""
+    keeping per row the better of the two linear bounds. ``second_order``: see :func:`_output_bound`."""
     if intermediate not in INPUT_BOUNDS:
         raise ValueError(f"unknown input-split bound method '{intermediate}', expected one of {INPUT_BOUNDS}")
     with torch.no_grad():
         if intermediate == "crown":
             bounds = propagate_bounds(graph, lower, upper, DefaultRelaxations, propagator, CrownOptions())
-            lb, a, constant = _output_bound(graph, propagator, bounds, C, lower, upper)
+            rows = _output_bound(graph, propagator, bounds, C, lower, upper, second_order)
         else:
             bounds = forward_bounds(graph, lower, upper, propagator)
-            lb, a, constant = _output_bound(graph, propagator, bounds, C, lower, upper)
+            rows = _output_bound(graph, propagator, bounds, C, lower, upper, second_order)
             if intermediate == "hybrid":
-                todo = ~closed_domains(lb, d) if d is not None else torch.ones_like(lb[:, 0], dtype=torch.bool)
+                todo = ~closed_domains(rows.lb, d) if d is not None else torch.ones_like(rows.lb[:, 0], dtype=torch.bool)
                 if todo.any():
                     low_t, up_t = lower[todo], upper[todo]
                     bounds = propagate_bounds(graph, low_t, up_t, DefaultRelaxations, propagator, CrownOptions())
-                    lb_c, a_c, c_c = _output_bound(graph, propagator, bounds, C[todo], low_t, up_t)
-                    better = torch.nan_to_num(lb_c, nan=-math.inf) > torch.nan_to_num(lb[todo], nan=-math.inf)
-                    lb[todo] = torch.where(better, lb_c, lb[todo])
-                    a[todo] = torch.where(better.unsqueeze(-1), a_c, a[todo])
-                    constant[todo] = torch.where(better, c_c, constant[todo])
+                    crown_rows = _output_bound(graph, propagator, bounds, C[todo], low_t, up_t, second_order)
+                    part = RowBounds(*(t[todo] for t in rows)).merged(crown_rows, _better(crown_rows.lb, rows.lb[todo]))
+                    rows = RowBounds(*(t.index_put((todo,), new) for t, new in zip(rows, part)))
     if alpha_iterations > 0:
         optimised, _, _, _ = alpha_crown(graph, lower, upper, C, AlphaOptions(iterations=alpha_iterations,
                                          optimize_intermediate=False, deadline=deadline), propagator=propagator,
                                          need_upper=False)
-        lb = torch.maximum(lb, optimised)
-    return lb, a, constant
+        rows = rows._replace(lb=torch.maximum(rows.lb, optimised))
+    return rows
 
 
 class InputSplitSearch(Search):
@@ -167,12 +204,14 @@ class InputSplitSearch(Search):
         problem = torch.arange(len(self.problems), device=self.Cs.device)
         low = self.problem.lower.unsqueeze(0).expand(len(self.problems), -1)
         up = self.problem.upper.unsqueeze(0).expand(len(self.problems), -1)
-        lb, a, constant = bound_input_boxes(self.graph, self.propagator, low, up, self.Cs,
-                                            alpha_iterations, self.deadline, self.ds, self.bound_method)
+        lb, a, constant, steer = bound_input_boxes(self.graph, self.propagator, low, up, self.Cs,
+                                                   alpha_iterations, self.deadline, self.ds, self.bound_method,
+                                                   second_order=self.options.second_order)
         known = torch.stack([p.best_lower for p in self.problems])
         low, up, empty = self._clip([(a, constant)], low, up, problem)
         lb = torch.maximum(lb, inherited_lower_bound(a, constant, low, up))
-        self.push_open(self._input_fields(low, up, lb, a, constant, known, problem), torch.maximum(lb, known),
+        self.push_open(self._input_fields(low, up, RowBounds(lb, a, constant, steer), known, problem),
+                       torch.maximum(lb, known),
                        torch.zeros_like(problem), self._gap([(a, constant)], low, up, problem, empty))
 
     def search_rounds(self, until: float | None = None, min_open: int = 1) -> BabReport | None:
@@ -226,20 +265,20 @@ class InputSplitSearch(Search):
             parent_lb, depth = parent_lb[open_children], depth[open_children]
             child_problem = child_problem[open_children]
             parent_bound = (parent_a[open_children], parent_c[open_children])
-            lb, a, constant = bound_input_boxes(self.graph, self.propagator, child_low, child_up,
-                                                self.Cs[child_problem], alpha_iterations,
-                                                self.deadline, self.ds[child_problem], self.bound_method)
+            rows = bound_input_boxes(self.graph, self.propagator, child_low, child_up, self.Cs[child_problem],
+                                     alpha_iterations, self.deadline, self.ds[child_problem], self.bound_method,
+                                     second_order=o.second_order)
             width_before = child_up - child_low
-            child_low, child_up, empty = self._clip([(a, constant), parent_bound],  # the parent's holds too
+            child_low, child_up, empty = self._clip([(rows.A, rows.c), parent_bound],  # the parent's holds too
                                                     child_low, child_up, child_problem)
-            child_low, child_up, lb, a, constant, empty = self._rebound_shrunk(
-                width_before, child_low, child_up, child_problem, (lb, a, constant), empty, alpha_iterations)
-            linear_bounds = [(a, constant), parent_bound]
-            lb = torch.maximum(lb, inherited_lower_bound(a, constant, child_low, child_up))
+            child_low, child_up, rows, empty = self._rebound_shrunk(
+                width_before, child_low, child_up, child_problem, rows, empty, alpha_iterations)
+            linear_bounds = [(rows.A, rows.c), parent_bound]
+            rows = rows._replace(lb=torch.maximum(rows.lb, inherited_lower_bound(rows.A, rows.c, child_low, child_up)))
             parent_lb = torch.maximum(parent_lb, inherited_lower_bound(*parent_bound, child_low, child_up))
             try:
-                self.push_open(self._input_fields(child_low, child_up, lb, a, constant, parent_lb, child_problem),
-                               torch.maximum(lb, parent_lb), depth,
+                self.push_open(self._input_fields(child_low, child_up, rows, parent_lb, child_problem),
+                               torch.maximum(rows.lb, parent_lb), depth,
                                self._gap(linear_bounds, child_low, child_up, child_problem, empty))
             except DomainStoreFull as error:
                 return self.finish("memory", message=str(error))
@@ -264,32 +303,29 @@ class InputSplitSearch(Search):
         return low, up, empty
 
     def _rebound_shrunk(self, width_before: Tensor, low: Tensor, up: Tensor, problem: Tensor,
-                        bound: tuple[Tensor, Tensor, Tensor], empty: Tensor,
-                        alpha_iterations: int) -> tuple[Tensor, ...]:
+                        rows: RowBounds, empty: Tensor,
+                        alpha_iterations: int) -> tuple[Tensor, Tensor, RowBounds, Tensor]:
         """Bound again the boxes that clipping left with less than ``rebound_volume_ratio`` of their volume:
         the bound on the smaller box is tighter at once and often closes it without a split. Per row the
         better of the two linear bounds is kept (both hold on the clipped box and its sub-boxes), and the
-        box is clipped once more by it. Returns ``(low, up, lb, A, c, empty)``."""
-        lb, a, constant = bound
+        box is clipped once more by it. Returns ``(low, up, rows, empty)``."""
         ratio = self.options.rebound_volume_ratio
         if ratio <= 0:  # (without clipping no box shrinks, so nothing is bounded again)
-            return low, up, lb, a, constant, empty
+            return low, up, rows, empty
         kept = torch.where(width_before > 0, (up - low) / torch.where(width_before > 0, width_before, 1.0), 1.0)
         again = torch.nonzero(~empty & (kept.clamp(max=1).prod(1) < ratio)).flatten()
         if again.numel() == 0:
-            return low, up, lb, a, constant, empty
-        lb_new, a_new, c_new = bound_input_boxes(self.graph, self.propagator, low[again], up[again],
-                                                 self.Cs[problem[again]], alpha_iterations, self.deadline,
-                                                 self.ds[problem[again]], self.bound_method)
-        better = torch.nan_to_num(lb_new, nan=-math.inf) > torch.nan_to_num(lb[again], nan=-math.inf)
-        low, up, lb, a, constant, empty = (t.clone() for t in (low, up, lb, a, constant, empty))
-        lb[again] = torch.maximum(lb[again], lb_new)
-        a[again] = torch.where(better.unsqueeze(-1), a_new, a[again])
-        constant[again] = torch.where(better, c_new, constant[again])
-        low[again], up[again], none_fits = self._clip([(a[again], constant[again])], low[again], up[again],
-                                                      problem[again])
+            return low, up, rows, empty
+        new = bound_input_boxes(self.graph, self.propagator, low[again], up[again], self.Cs[problem[again]],
+                                alpha_iterations, self.deadline, self.ds[problem[again]], self.bound_method,
+                                second_order=self.options.second_order)
+        old = RowBounds(*(t[again] for t in rows))
+        part = old.merged(new, _better(new.lb, old.lb))._replace(lb=torch.maximum(old.lb, new.lb))
+        rows = RowBounds(*(t.index_put((again,), p) for t, p in zip(rows, part)))
+        low, up, empty = low.clone(), up.clone(), empty.clone()
+        low[again], up[again], none_fits = self._clip([(part.A, part.c)], low[again], up[again], problem[again])
         empty[again] |= none_fits
-        return low, up, lb, a, constant, empty
+        return low, up, rows, empty
 
     def _gap(self, linear_bounds: list[tuple[Tensor, Tensor]], low: Tensor, up: Tensor, problem: Tensor,
              empty: Tensor) -> Tensor:
@@ -361,17 +397,17 @@ class InputSplitSearch(Search):
         scores[:, free] = gap.min(0).values.transpose(0, 1)
         return scores
 
-    def _input_fields(self, low: Tensor, up: Tensor, lb: Tensor, a: Tensor, constant: Tensor,
-                      known_lb: Tensor, problem: Tensor) -> dict[str, Tensor]:
+    def _input_fields(self, low: Tensor, up: Tensor, rows: RowBounds, known_lb: Tensor,
+                      problem: Tensor) -> dict[str, Tensor]:
         """Stored per input-split domain: the box, its best lower bound (``lb``, at least ``known_lb``), its
         own linear lower bound ``A x + c`` per row (``A``, ``c``, from :func:`bound_input_boxes`), and
-        ``a``, the coefficients of the row that steers the split (see :meth:`_steering_rows`)."""
-        best = torch.maximum(lb, known_lb)
-        rows = self._steering_rows(low, up, lb, a, problem)
-        a_best = a[torch.arange(a.shape[0], device=a.device), rows]
-        return {"low": low, "up": up, "lb": best, "a": a_best, "A": a, "c": constant, "problem": problem}
+        ``a``, the steering coefficients of the row that steers the split (see :meth:`_steering_rows`)."""
+        best = torch.maximum(rows.lb, known_lb)
+        steering = self._steering_rows(low, up, rows.lb, problem)
+        a_best = rows.steer[torch.arange(rows.steer.shape[0], device=rows.steer.device), steering]
+        return {"low": low, "up": up, "lb": best, "a": a_best, "A": rows.A, "c": rows.c, "problem": problem}
 
-    def _steering_rows(self, low: Tensor, up: Tensor, lb: Tensor, a: Tensor, problem: Tensor) -> Tensor:
+    def _steering_rows(self, low: Tensor, up: Tensor, lb: Tensor, problem: Tensor) -> Tensor:
         """Per domain, the row its own bound favours (largest ``lb - d``; a row favoured only by the
         inherited bound has coefficients that say little about this box -- measured: choosing by the
         best bound tripled the tree on ACAS Xu 1_1 prop_3) among the rows that splitting can still make

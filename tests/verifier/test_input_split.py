@@ -46,9 +46,9 @@ def test_a_row_violated_inside_the_box_is_not_provable(tmp_path):
     assert search._provable_rows(low[None], up[None], torch.tensor([0]), loose).tolist() == [[True, True]]
     # the steering row: the bowl's bound is the better one here, yet the line steers
     lb = torch.tensor([[-0.001, -0.5]])
-    assert search._steering_rows(low[None], up[None], lb, torch.zeros(1, 2, 2), torch.tensor([0])).tolist() == [1]
+    assert search._steering_rows(low[None], up[None], lb, torch.tensor([0])).tolist() == [1]
     _, _, plain = _search(tmp_path, low, up, torch.tensor([RHO, 1.0]), steer=False)
-    assert plain._steering_rows(low[None], up[None], lb, torch.zeros(1, 2, 2), torch.tensor([0])).tolist() == [0]
+    assert plain._steering_rows(low[None], up[None], lb, torch.tensor([0])).tolist() == [0]
 
 
 def test_hopeless_only_with_a_witness(tmp_path):
