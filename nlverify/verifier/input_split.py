@@ -20,7 +20,10 @@ quadratic-form rewrite: open after 40,577 domains without, proved in 9,257 with)
 A child that the parent's own linear bound ``A x + c`` (valid on any sub-box) already closes is not
 bounded again; the others are bounded by CROWN with CROWN intermediate bounds (thousands of boxes per
 call), and each is then clipped to the part where its own and its parent's linear bounds still allow a
-violation (:mod:`nlverify.verifier.box_clipping`; an emptied box is closed). Falsification tries the
+violation (:mod:`nlverify.verifier.box_clipping`; an emptied box is closed). On small inputs the rows
+are also bounded with products taken as quadratics of the input (:mod:`nlverify.bounds.second_order`;
+lsnc state_0's hardest problem: 8.47M domains without, 53,595 with), the better bound kept per row;
+smear still reads McCormick's coefficients (:class:`RowBounds`). Falsification tries the
 minimiser of each domain's linear bound (``x* = l where A_x > 0 else u``) and its centre.
 
 On several cores a search still open after ``BabOptions.parallel_after_s`` continues in forked worker

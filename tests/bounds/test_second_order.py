@@ -22,7 +22,7 @@ from torch import nn
 from netgen import export
 from nlverify.bounds.crown import CrownOptions, DefaultRelaxations, propagate_bounds
 from nlverify.bounds.second_order import (
-    AffineFactor, InputQuadraticRelaxation, SecondOrderRelaxations, factor_affine_bounds, product_lower_terms,
+    AffineFactor, InputQuadraticRelaxation, SecondOrderRelaxations, product_lower_terms,
     second_order_products,
 )
 from nlverify.model import load_onnx
