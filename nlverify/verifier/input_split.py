@@ -114,20 +114,36 @@ def _better(candidate: Tensor, incumbent: Tensor) -> Tensor:
 
 
 def _output_bound(graph: Graph, propagator, bounds: dict, C: Tensor, lower: Tensor, upper: Tensor,
-                  second_order: bool = False) -> RowBounds:
+                  second_order: bool = False, d: Tensor | None = None) -> RowBounds:
     """Backward (CROWN) bound of the rows ``C`` given node boxes.
 
-    ``second_order``: also bound the rows with products bounded through their factors' affine bounds
+    ``second_order``: also bound the rows of the boxes that this bound leaves open (all of them when
+    ``d`` is None) with products bounded through their factors' affine bounds
     (:mod:`nlverify.bounds.second_order`) and keep, per row, the better of the two linear bounds."""
     relaxations = DefaultRelaxations(bounds)
     lb, a, constant = _linear_row_bound(graph, propagator, bounds, C, lower, upper, relaxations)
     rows = RowBounds(lb, a, constant, a)
     products = second_order_products(graph) if second_order else []
-    if products:
+    todo = ~closed_domains(lb, d) if d is not None else torch.ones_like(lb[:, 0], dtype=torch.bool)
+    if products and todo.any():
+        every = bool(todo.all())
+        if not every:
+            bounds = {name: _boxes_of(box, todo) for name, box in bounds.items()}
+            lower, upper, C = lower[todo], upper[todo], C[todo]
+            relaxations = DefaultRelaxations(bounds)
         quadratic = SecondOrderRelaxations(relaxations, propagator, bounds, lower, upper, products)
         lb_q, a_q, c_q = _linear_row_bound(graph, propagator, bounds, C, lower, upper, quadratic)
-        rows = rows.merged(RowBounds(lb_q, a_q, c_q, a), _better(lb_q, lb))
+        part = RowBounds(*(t[todo] for t in rows)) if not every else rows
+        part = part.merged(RowBounds(lb_q, a_q, c_q, part.steer), _better(lb_q, part.lb))
+        rows = part if every else RowBounds(*(t.index_put((todo,), p) for t, p in zip(rows, part)))
     return rows
+
+
+def _boxes_of(entry, chosen: Tensor):
+    """A bounds-dict entry (a ``(low, up)`` pair, or a ``(B,)`` mask such as INFEASIBLE's) on the
+    ``chosen`` boxes; tensors without the full batch as leading axis broadcast and pass unchanged."""
+    pick = lambda t: t[chosen] if t.dim() > 0 and t.shape[0] == chosen.shape[0] else t  # noqa: E731
+    return tuple(pick(t) for t in entry) if isinstance(entry, tuple) else pick(entry)
 
 
 def _linear_row_bound(graph: Graph, propagator, bounds: dict, C: Tensor, lower: Tensor, upper: Tensor,
@@ -160,16 +176,17 @@ def bound_input_boxes(graph: Graph, propagator, lower: Tensor, upper: Tensor, C:
     with torch.no_grad():
         if intermediate == "crown":
             bounds = propagate_bounds(graph, lower, upper, DefaultRelaxations, propagator, CrownOptions())
-            rows = _output_bound(graph, propagator, bounds, C, lower, upper, second_order)
+            rows = _output_bound(graph, propagator, bounds, C, lower, upper, second_order, d)
         else:
             bounds = forward_bounds(graph, lower, upper, propagator)
-            rows = _output_bound(graph, propagator, bounds, C, lower, upper, second_order)
+            rows = _output_bound(graph, propagator, bounds, C, lower, upper, second_order, d)
             if intermediate == "hybrid":
                 todo = ~closed_domains(rows.lb, d) if d is not None else torch.ones_like(rows.lb[:, 0], dtype=torch.bool)
                 if todo.any():
                     low_t, up_t = lower[todo], upper[todo]
                     bounds = propagate_bounds(graph, low_t, up_t, DefaultRelaxations, propagator, CrownOptions())
-                    crown_rows = _output_bound(graph, propagator, bounds, C[todo], low_t, up_t, second_order)
+                    crown_rows = _output_bound(graph, propagator, bounds, C[todo], low_t, up_t, second_order,
+                                               None if d is None else d[todo])
                     part = RowBounds(*(t[todo] for t in rows)).merged(crown_rows, _better(crown_rows.lb, rows.lb[todo]))
                     rows = RowBounds(*(t.index_put((todo,), new) for t, new in zip(rows, part)))
     if alpha_iterations > 0:
