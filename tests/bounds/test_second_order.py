@@ -200,8 +200,9 @@ def test_engine_bound_contains_samples_and_beats_mccormick_on_small_boxes(decrea
     assert (second[1:4] > plain[1:4]).all(), (second, plain)
 
 
-def test_input_split_needs_fewer_domains_with_the_rule(decrease_model):
-    """On ``[-0.5, 0.5]^3`` prove ``y >= min y - 1e-4`` with and without the rule."""
+def test_input_split_needs_fewer_domains_with_the_rule_and_still_falsifies(decrease_model):
+    """On ``[-0.5, 0.5]^3`` prove ``y >= min y - 1e-4`` with and without the rule; ``y >= min y + 1e-3``
+    is falsified."""
     model = decrease_model
     grid = torch.linspace(-0.5, 0.5, 41)
     with torch.no_grad():
@@ -216,3 +217,8 @@ def test_input_split_needs_fewer_domains_with_the_rule(decrease_model):
     assert results[True].status == "proved", results[True]
     assert results[False].status in ("proved", "timeout")
     assert results[True].domains < results[False].domains, (results[True].domains, results[False].domains)
+    # and it never proves what is false: just above the minimum a counterexample exists
+    violated = Problem(0, 0, -0.5 * torch.ones(3), 0.5 * torch.ones(3), torch.tensor([[1.0]]),
+                       torch.tensor([lowest + 1e-3]), torch.tensor([-math.inf]))
+    found = bab_problem(model, violated, time.monotonic() + 60, BabOptions(mode="input", input_workers=1))
+    assert found.status == "counterexample", found
