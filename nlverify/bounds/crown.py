@@ -24,7 +24,7 @@ from nlverify import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_IN
 
 __all__ = [  # the walk's names are re-exported: callers import the engine from here
     "BackwardPropagator", "BetaTerms", "RelaxationFor", "SplitConstraints", "CrownOptions", "DefaultRelaxations",
-    "INFEASIBLE", "close_infeasible", "crown", "identity_coefficients", "infeasible_domains", "nodes_needing_bounds",
+    "INFEASIBLE", "close_infeasible", "crown", "has_own_pass", "identity_coefficients", "infeasible_domains", "nodes_needing_bounds",
     "propagate_bounds", "relax_node", "spec_coefficients",
 ]
 
@@ -127,8 +127,7 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
         if node.kind == "input":
             continue
         low, up = node_interval(node, [bounds[i] for i in node.inputs])
-        refinable = (node.name in needed and node.size <= options.max_crown_neurons
-                     and not getattr(node.op, "selects", False) and _has_nonlinear_ancestor(propagator, node))
+        refinable = node.name in needed and has_own_pass(propagator, node, options)
         chosen = None if refine_after is None else refine_after < position  # (B,) boxes worth a pass
         if refinable and chosen is not None and not bool(chosen.all()):
             refinable = bool(chosen.any())
@@ -147,6 +146,13 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
     return bounds
 
 
+def has_own_pass(propagator: BackwardPropagator, node: Node, options: CrownOptions) -> bool:
+    """Whether intermediate CROWN bounds ``node`` (one that feeds a nonlinearity) by a backward pass of its
+    own: not too large, not a selection op, and with something a pass can beat IBP on."""
+    return (node.size <= options.max_crown_neurons and not getattr(node.op, "selects", False)
+            and _has_nonlinear_ancestor(propagator, node))
+
+
 def _refinement_plan(propagator: BackwardPropagator, node: Node, low: Tensor, up: Tensor, relaxation_for,
                      options: CrownOptions, chosen: Tensor | None) -> tuple[str, Tensor]:
     """How a node's backward pass is grouped, and the ``(B, n)`` mask of the (box, neuron) pairs it
@@ -158,7 +164,7 @@ def _refinement_plan(propagator: BackwardPropagator, node: Node, low: Tensor, up
     * ``"pairs"``: only the masked pairs, packed (default relaxations, sparse enough to pay off);
     * ``"rows"``: the neurons inexact in any box, on every box."""
     batch, n = low.shape[0], node.size
-    pairs = _neurons_to_refine(propagator.graph, node, low, up) if options.skip_exact_neurons else None
+    pairs = neurons_to_refine(propagator.graph, node, low, up) if options.skip_exact_neurons else None
     if chosen is not None and pairs is not None:
         pairs = pairs & chosen.unsqueeze(1)
     default = isinstance(relaxation_for, DefaultRelaxations)
@@ -203,7 +209,7 @@ def _refine_node(propagator: BackwardPropagator, node: Node, low: Tensor, up: Te
     return low, up
 
 
-def _neurons_to_refine(graph: Graph, node: Node, low: Tensor, up: Tensor) -> Tensor | None:
+def neurons_to_refine(graph: Graph, node: Node, low: Tensor, up: Tensor) -> Tensor | None:
     """``(B, n)`` mask of the (box, neuron) pairs worth a backward pass, or None for all of them: a neuron
     on which every nonlinear consumer's relaxation is exact in its box is dropped (families opt in via
     ``is_exact``)."""

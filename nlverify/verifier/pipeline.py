@@ -130,6 +130,15 @@ class PipelineOptions:
     deep_alpha_stall_tolerance: float = 0.01
     deep_alpha_time_fraction: float = 0.5
     use_alpha: bool = True
+    # Deep regions, after alpha-CROWN: intermediate boxes tightened node by node (nlverify.bounds.layerwise),
+    # each sweep followed by alpha-CROWN on the output within them; the stage stops at
+    # layerwise_time_fraction of the time left. eran_sigmoid 9044: -0.985 after alpha -> -0.454 (1 sweep)
+    # -> -0.338 (2), and BaB then proves it (see nlverify.bounds.layerwise)
+    layerwise: bool = True
+    layerwise_sweeps: int = 2
+    layerwise_iterations: int = 60  # Adam steps per node and sweep
+    layerwise_output_iterations: int = 60
+    layerwise_time_fraction: float = 0.3
     max_rows_per_call: int = 4096  # boxes x rows per bound call (memory guard)
     float64_near_misses: bool = True  # re-verify in float64 when float32 leaves near-miss rows open
     bab: BabFunction | None = None  # defaults to :func:`bab`
@@ -228,18 +237,16 @@ def _alpha_plan(call: list[list[Problem]], options: PipelineOptions, time_left: 
     proved the rest in 15 s, after 75 in 7 s. The stall rule gets a longer window there (iterations 10-20
     are often flat while Adam settles), and the stage a cap of ``deep_alpha_time_fraction`` of the time
     left, shared among the calls still to run."""
-    deep = all(free_dims(p).numel() >= options.deep_alpha_min_inputs for group in call for p in group)
-    if not deep:
+    if not _is_deep(call, options):
         return _AlphaPlan(options.alpha_iterations, options.alpha_stall_window, options.alpha_stall_tolerance, None)
     seconds = None if time_left is None else options.deep_alpha_time_fraction * time_left / max(calls_left, 1)
     return _AlphaPlan(options.deep_alpha_iterations, options.deep_alpha_stall_window,
                       options.deep_alpha_stall_tolerance, seconds)
 
 
-def _bound_call(model, call: list[list[Problem]], method: str, options: PipelineOptions,
-                deadline: float | None = None, calls_left: int = 1) -> None:
-    """One batched bound computation: B = regions in the call, S = the most rows any of them has (shorter
-    ones padded with zero rows, ignored). Updates each problem's ``best_lower``."""
+def _call_tensors(call: list[list[Problem]]) -> tuple[Tensor, Tensor, Tensor]:
+    """The call's boxes ``(B, n)`` (one per region) and rows ``C`` ``(B, S, m)``: S = the most rows any
+    region has, shorter ones padded with zero rows (ignored)."""
     rows = max(sum(p.C.shape[0] for p in group) for group in call)
     first = call[0][0]
     C = first.C.new_zeros(len(call), rows, first.C.shape[1])
@@ -248,37 +255,11 @@ def _bound_call(model, call: list[list[Problem]], method: str, options: Pipeline
         C[b, :stacked.shape[0]] = stacked
     lower = torch.stack([group[0].lower for group in call])
     upper = torch.stack([group[0].upper for group in call])
-    if method == "crown":
-        from nlverify.bounds.crown import CrownOptions, crown
+    return lower, upper, C
 
-        low, _, boxes = crown(model.graph, lower, upper, C, CrownOptions(), model.propagator, need_upper=False)
-    else:
-        from nlverify.bounds.alpha import AlphaOptions, alpha_crown
 
-        history: list[float] = []
-        plan = _alpha_plan(call, options, None if deadline is None else deadline - time.monotonic(), calls_left)
-        if plan.seconds is not None:
-            deadline = min(deadline, time.monotonic() + plan.seconds)
-
-        def stop(best: torch.Tensor) -> bool:
-            """Every problem of the call has a row proved (nothing left to do), or the iterations stall."""
-            margins = []
-            for b, group in enumerate(call):
-                start = 0
-                for problem in group:
-                    m = problem.C.shape[0]
-                    rows = best[b, start:start + m]
-                    if not bool(rows_proved(rows, problem.d).any()):
-                        margins.append(float(torch.nan_to_num(rows - problem.d, nan=-math.inf).max()))
-                    start += m
-            if not margins:
-                return True
-            history.append(sum(margins))
-            return alpha_stalled(history, plan.stall_window, plan.stall_tolerance)
-
-        alpha_options = AlphaOptions(iterations=plan.iterations, deadline=deadline, stop=stop)
-        low, _, boxes, _ = alpha_crown(model.graph, lower, upper, C, alpha_options,
-                                       propagator=model.propagator, need_upper=False)
+def _record(call: list[list[Problem]], low: Tensor, boxes: dict) -> None:
+    """Each problem keeps its region's node boxes and the best of its rows' lower bounds."""
     for b, group in enumerate(call):
         start = 0
         for problem in group:
@@ -286,6 +267,120 @@ def _bound_call(model, call: list[list[Problem]], method: str, options: Pipeline
             m = problem.C.shape[0]
             problem.best_lower = torch.maximum(problem.best_lower, low[b, start:start + m].detach())
             start += m
+
+
+def _open_margins(call: list[list[Problem]], best: Tensor) -> list[float]:
+    """Best margin ``max_i (lower_i - d_i)`` of each problem of the call that no row proves yet."""
+    margins = []
+    for b, group in enumerate(call):
+        start = 0
+        for problem in group:
+            m = problem.C.shape[0]
+            rows = best[b, start:start + m]
+            if not bool(rows_proved(rows, problem.d).any()):
+                margins.append(float(torch.nan_to_num(rows - problem.d, nan=-math.inf).max()))
+            start += m
+    return margins
+
+
+def _stall_rule(call: list[list[Problem]], window: int, tolerance: float) -> Callable[[Tensor], bool]:
+    """alpha-CROWN's ``stop``: every problem of the call has a row proved (nothing left to do), or the
+    iterations stall (:func:`alpha_stalled`)."""
+    history: list[float] = []
+
+    def stop(best: Tensor) -> bool:
+        margins = _open_margins(call, best)
+        if not margins:
+            return True
+        history.append(sum(margins))
+        return alpha_stalled(history, window, tolerance)
+
+    return stop
+
+
+def _is_deep(call: list[list[Problem]], options: PipelineOptions) -> bool:
+    """Every region of the call leaves enough inputs free to go to activation-split BaB."""
+    return all(free_dims(p).numel() >= options.deep_alpha_min_inputs for group in call for p in group)
+
+
+def _bound_call(model, call: list[list[Problem]], method: str, options: PipelineOptions,
+                deadline: float | None = None, calls_left: int = 1) -> None:
+    """One batched bound computation over the call's regions. Updates each problem's ``best_lower``."""
+    if method == "layerwise":
+        _layerwise_call(model, call, options, deadline, calls_left)
+        return
+    lower, upper, C = _call_tensors(call)
+    if method == "crown":
+        from nlverify.bounds.crown import CrownOptions, crown
+
+        low, _, boxes = crown(model.graph, lower, upper, C, CrownOptions(), model.propagator, need_upper=False)
+    else:
+        from nlverify.bounds.alpha import AlphaOptions, alpha_crown
+
+        plan = _alpha_plan(call, options, None if deadline is None else deadline - time.monotonic(), calls_left)
+        if plan.seconds is not None:
+            deadline = min(deadline, time.monotonic() + plan.seconds)
+        alpha_options = AlphaOptions(iterations=plan.iterations, deadline=deadline,
+                                     stop=_stall_rule(call, plan.stall_window, plan.stall_tolerance))
+        low, _, boxes, _ = alpha_crown(model.graph, lower, upper, C, alpha_options,
+                                       propagator=model.propagator, need_upper=False)
+    _record(call, low, boxes)
+
+
+def _region_boxes(call: list[list[Problem]]) -> dict | None:
+    """The node boxes of the call's regions ``(B, ...)`` from the last stage (each problem's, intersected
+    over its region's problems), or None when a problem has none."""
+    if any(p.boxes is None for group in call for p in group):
+        return None
+    boxes = {}
+    for name in call[0][0].boxes:
+        lows, ups = [], []
+        for group in call:
+            low, up = group[0].boxes[name]
+            for problem in group[1:]:
+                low, up = torch.maximum(low, problem.boxes[name][0]), torch.minimum(up, problem.boxes[name][1])
+            lows.append(low)
+            ups.append(torch.maximum(up, low))
+        boxes[name] = (torch.cat(lows), torch.cat(ups))
+    return boxes
+
+
+def _layerwise_call(model, call: list[list[Problem]], options: PipelineOptions, deadline: float | None,
+                    calls_left: int) -> None:
+    """Deep regions only (activation-split BaB keeps the root's boxes for every domain): sweeps of
+    :func:`~nlverify.bounds.layerwise.tighten_boxes` from the alpha stage's boxes, each followed by
+    alpha-CROWN on the output rows within the tightened boxes, until every problem is proved, the sweeps
+    run out, or ``layerwise_time_fraction`` of the time left (shared among the calls still to run) is
+    spent."""
+    from nlverify.bounds.alpha import AlphaOptions, alpha_crown
+    from nlverify.bounds.crown import CrownOptions, SplitConstraints
+    from nlverify.bounds.layerwise import LayerwiseOptions, layerwise_targets, tighten_boxes
+
+    boxes = _region_boxes(call)
+    if not _is_deep(call, options) or boxes is None:
+        return
+    if deadline is not None:
+        deadline = min(deadline, time.monotonic()
+                       + options.layerwise_time_fraction * (deadline - time.monotonic()) / max(calls_left, 1))
+    graph, propagator = model.graph, model.propagator
+    lower, upper, C = _call_tensors(call)
+    targets = [node.name for node in layerwise_targets(graph, propagator, CrownOptions())]
+    sweep_options = LayerwiseOptions(iterations=options.layerwise_iterations, sweeps=1, deadline=deadline)
+    alphas = None
+    for _ in range(options.layerwise_sweeps):
+        if deadline is not None and time.monotonic() > deadline:
+            return
+        boxes, alphas = tighten_boxes(graph, boxes, sweep_options, propagator, alphas)
+        splits = SplitConstraints({t: boxes[t][0] for t in targets}, {t: boxes[t][1] for t in targets})
+        output_options = AlphaOptions(iterations=options.layerwise_output_iterations, optimize_intermediate=False,
+                                      crown=CrownOptions(intermediate="ibp"), deadline=deadline,
+                                      stop=_stall_rule(call, options.deep_alpha_stall_window,
+                                                       options.deep_alpha_stall_tolerance))
+        low, _, node_boxes, _ = alpha_crown(graph, lower, upper, C, output_options, propagator=propagator,
+                                            need_upper=False, splits=splits)
+        _record(call, low, {**node_boxes, **{t: boxes[t] for t in targets}})
+        if all(_is_proved(p) for group in call for p in group):
+            return
 
 
 def alpha_stalled(history: list[float], window: int, tolerance: float) -> bool:
@@ -391,7 +486,7 @@ def verify_loaded(model, model_path: str, spec: Spec, clock: _Clock | float, dev
     # 2. incomplete bounds: CROWN on everything, alpha-CROWN on what is left
     problems = _problems(spec, dtype, device)
     open_problems = problems
-    stages = ["crown"] + (["alpha-crown"] if options.use_alpha else [])
+    stages = ["crown"] + (["alpha-crown"] + (["layerwise"] if options.layerwise else []) if options.use_alpha else [])
     for method in stages:
         if not open_problems:
             break
