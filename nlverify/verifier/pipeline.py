@@ -85,6 +85,7 @@ class Problem:
     d: Tensor  # (m_rows,)
     best_lower: Tensor  # (m_rows,)
     boxes: dict | None = None  # node -> (lower, upper) boxes (batch 1) of the last bound stage, for BaB
+    boxes_stage: str | None = None  # the bound stage that produced ``boxes`` ("crown", "alpha-crown", "layerwise")
 
 
 def free_dims(problem: Problem) -> Tensor:
@@ -258,12 +259,13 @@ def _call_tensors(call: list[list[Problem]]) -> tuple[Tensor, Tensor, Tensor]:
     return lower, upper, C
 
 
-def _record(call: list[list[Problem]], low: Tensor, boxes: dict) -> None:
-    """Each problem keeps its region's node boxes and the best of its rows' lower bounds."""
+def _record(call: list[list[Problem]], low: Tensor, boxes: dict, stage: str) -> None:
+    """Each problem keeps its region's node boxes (from ``stage``) and the best of its rows' lower bounds."""
     for b, group in enumerate(call):
         start = 0
         for problem in group:
             problem.boxes = {name: (l[b:b + 1], u[b:b + 1]) for name, (l, u) in boxes.items()}
+            problem.boxes_stage = stage
             m = problem.C.shape[0]
             problem.best_lower = torch.maximum(problem.best_lower, low[b, start:start + m].detach())
             start += m
@@ -324,7 +326,7 @@ def _bound_call(model, call: list[list[Problem]], method: str, options: Pipeline
                                      stop=_stall_rule(call, plan.stall_window, plan.stall_tolerance))
         low, _, boxes, _ = alpha_crown(model.graph, lower, upper, C, alpha_options,
                                        propagator=model.propagator, need_upper=False)
-    _record(call, low, boxes)
+    _record(call, low, boxes, method)
 
 
 def _region_boxes(call: list[list[Problem]]) -> dict | None:
@@ -378,7 +380,7 @@ def _layerwise_call(model, call: list[list[Problem]], options: PipelineOptions, 
                                                        options.deep_alpha_stall_tolerance))
         low, _, node_boxes, _ = alpha_crown(graph, lower, upper, C, output_options, propagator=propagator,
                                             need_upper=False, splits=splits)
-        _record(call, low, {**node_boxes, **{t: boxes[t] for t in targets}})
+        _record(call, low, {**node_boxes, **{t: boxes[t] for t in targets}}, "layerwise")
         if all(_is_proved(p) for group in call for p in group):
             return
 

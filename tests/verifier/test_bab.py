@@ -308,3 +308,17 @@ def test_input_batch_auto_stays_within_the_round_memory(tmp_path, monkeypatch):
     assert input_rules.input_batch_domains(model.graph, BabOptions(input_batch_domains=7)) == 7
     monkeypatch.setattr(input_rules, "INPUT_ROUND_BYTES", 1)
     assert input_rules.input_batch_domains(model.graph, BabOptions()) == 1
+
+
+@pytest.mark.parametrize("stages,expected", [(("alpha-crown", "alpha-crown"), True), (("layerwise", "alpha-crown"), True),
+                                             (("layerwise", "layerwise"), False)])
+def test_auto_refinement_is_off_only_when_every_root_box_was_optimised_node_by_node(tmp_path, stages, expected):
+    from nlverify.verifier.activation_split import _refine_intermediate
+
+    model = _model(tmp_path, "sigmoid")
+    problems = [_problem(0.0) for _ in stages]
+    for problem, stage in zip(problems, stages):
+        problem.boxes_stage = stage
+    assert _refine_intermediate(model.graph, BabOptions(), problems) is expected
+    assert _refine_intermediate(model.graph, BabOptions(refine_intermediate="on"), problems) is True
+    assert _refine_intermediate(model.graph, BabOptions(refine_intermediate="off"), problems[:1]) is False
