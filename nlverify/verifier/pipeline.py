@@ -485,7 +485,8 @@ def verify_loaded(model, model_path: str, spec: Spec, clock: _Clock | float, dev
         return finish(Verdict.SAT, found, "counterexample found by the attack")
     if clock.expired():
         return finish(Verdict.TIMEOUT)
-    # 2. incomplete bounds: CROWN on everything, alpha-CROWN on what is left
+    # 2. incomplete bounds: CROWN on everything, alpha-CROWN on what is left, then (deep regions only) the
+    #    layer-wise box tightening
     problems = _problems(spec, dtype, device)
     open_problems = problems
     stages = ["crown"] + (["alpha-crown"] + (["layerwise"] if options.layerwise else []) if options.use_alpha else [])
