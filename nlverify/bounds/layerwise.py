@@ -148,9 +148,9 @@ def tighten_boxes(graph: Graph, bounds: dict[str, Bounds], options: LayerwiseOpt
             if not chosen.numel() or _pass_bytes(propagator, node, low.shape[0], chosen.numel(),
                                                  low.element_size()) > options.max_pass_bytes:
                 continue
-            stale = [key for key, value in alphas.items() if key[0] == node.name and value.shape[2] != 2 * chosen.numel()]
-            for key in stale:
-                del alphas[key]
+            for key in [key for key, value in alphas.items()
+                        if key[0] == node.name and value.shape[2] != 2 * chosen.numel()]:
+                del alphas[key]  # warm alphas shaped for other rows
             bounds[node.name] = _tighten_node(propagator, node, chosen, bounds, alphas, options)
     return bounds, _detached(alphas)
 
