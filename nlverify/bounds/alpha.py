@@ -213,9 +213,15 @@ def intermediate_alpha_bytes(graph: Graph, propagator: BackwardPropagator, batch
         node = graph.nodes[name]
         if node.kind == "input" or node.size > options.max_crown_neurons:
             continue  # bounded by IBP, no pass
-        walked = sum(n.size for n in propagator.ancestors(name))
-        total += batch * 2 * node.size * walked * element_size
+        total += node_pass_bytes(propagator, node, batch, node.size, element_size)
     return total
+
+
+def node_pass_bytes(propagator: BackwardPropagator, node: Node, batch: int, neurons: int, element_size: int) -> int:
+    """Bytes of the coefficients a backward pass bounding ``neurons`` of ``node`` from both sides keeps for
+    the gradient: ``2 x neurons`` rows times the neurons of every node it walks through, per box."""
+    walked = sum(n.size for n in propagator.ancestors(node.name))
+    return batch * 2 * neurons * walked * element_size
 
 
 def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = None,

@@ -8,6 +8,7 @@ callback, so alpha-CROWN reuses both with its own parameters.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,7 @@ from nlverify import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_IN
 __all__ = [  # the walk's names are re-exported: callers import the engine from here
     "BackwardPropagator", "BetaTerms", "RelaxationFor", "SplitConstraints", "CrownOptions", "DefaultRelaxations",
     "INFEASIBLE", "close_infeasible", "crown", "has_own_pass", "identity_coefficients", "infeasible_domains", "nodes_needing_bounds",
-    "propagate_bounds", "relax_node", "spec_coefficients",
+    "propagate_bounds", "relax_node", "row_coefficients", "spec_coefficients",
 ]
 
 
@@ -36,6 +37,15 @@ def identity_coefficients(shape: tuple[int, ...], batch: int, like: Tensor) -> T
         n *= s
     eye = torch.eye(n, dtype=like.dtype, device=like.device).reshape(n, *shape)
     return torch.cat([eye, -eye]).unsqueeze(0).expand(batch, 2 * n, *shape)
+
+
+def row_coefficients(shape: tuple[int, ...], rows: Tensor, batch: int, like: Tensor) -> Tensor:
+    """``[E; -E]`` with ``E`` the unit rows of the neurons ``rows`` of a node: shape ``(B, 2k, *shape)``."""
+    k = rows.numel()
+    eye = torch.zeros(k, math.prod(shape), dtype=like.dtype, device=like.device)
+    eye[torch.arange(k, device=like.device), rows] = 1.0
+    eye = eye.reshape(k, *shape)
+    return torch.cat([eye, -eye]).unsqueeze(0).expand(batch, 2 * k, *shape)
 
 
 def spec_coefficients(C: Tensor | None, graph: Graph, batch: int, like: Tensor) -> Tensor:
@@ -232,10 +242,7 @@ def _refine_rows(propagator: BackwardPropagator, node: Node, rows: Tensor, low: 
                  bounds: dict, relaxation_for) -> tuple[Tensor, Tensor]:
     """CROWN lower and upper bounds for the selected neurons only, intersected into the node's box."""
     batch, n, k = low.shape[0], node.size, rows.numel()
-    eye = torch.zeros(k, n, dtype=low.dtype, device=low.device)
-    eye[torch.arange(k, device=low.device), rows] = 1.0
-    eye = eye.reshape(k, *node.shape)
-    coeffs = torch.cat([eye, -eye]).unsqueeze(0).expand(batch, 2 * k, *node.shape)
+    coeffs = row_coefficients(node.shape, rows, batch, low)
     both = propagator.lower_bound(node.name, coeffs, bounds, relaxation_for)
     flat_low, flat_up = low.reshape(batch, n).clone(), up.reshape(batch, n).clone()
     flat_low[:, rows] = torch.maximum(flat_low[:, rows], both[:, :k])

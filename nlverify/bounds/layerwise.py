@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from nlverify.bounds.alpha import AlphaKey, AlphaRelaxations
+from nlverify.bounds.alpha import AlphaKey, AlphaRelaxations, node_pass_bytes
 from nlverify.bounds.crown import (
-    BackwardPropagator, CrownOptions, has_own_pass, neurons_to_refine, nodes_needing_bounds,
+    BackwardPropagator, CrownOptions, has_own_pass, neurons_to_refine, nodes_needing_bounds, row_coefficients,
 )
 from nlverify.bounds.interval import Bounds
 from nlverify.graph import Graph, Node
@@ -75,22 +75,13 @@ def _rows(graph: Graph, node: Node, low: Tensor, up: Tensor) -> Tensor:
     return mask.any(0).nonzero().squeeze(1)
 
 
-def _row_coefficients(node: Node, rows: Tensor, batch: int, like: Tensor) -> Tensor:
-    """``[E; -E]`` with ``E`` the unit rows of ``rows``: shape ``(B, 2k, *node.shape)``."""
-    k = rows.numel()
-    eye = torch.zeros(k, node.size, dtype=like.dtype, device=like.device)
-    eye[torch.arange(k, device=like.device), rows] = 1.0
-    eye = eye.reshape(k, *node.shape)
-    return torch.cat([eye, -eye]).unsqueeze(0).expand(batch, 2 * k, *node.shape)
-
-
 def _tighten_node(propagator: BackwardPropagator, node: Node, rows: Tensor, bounds: dict[str, Bounds],
                   alphas: dict[AlphaKey, Tensor], options: LayerwiseOptions) -> Bounds:
     """The node's box after Adam on its own rows' alphas (the other boxes fixed): per neuron, the best
     bound over the iterates, intersected with the box it had."""
     low, up = bounds[node.name]
     batch, n, k = low.shape[0], node.size, rows.numel()
-    coeffs = _row_coefficients(node, rows, batch, low)
+    coeffs = row_coefficients(node.shape, rows, batch, low)
     relax = AlphaRelaxations(bounds, alphas, {node.name: 2 * k}, {node.name})
     flat_low, flat_up = low.reshape(batch, n).clone(), up.reshape(batch, n).clone()
     optimiser = None
@@ -101,11 +92,11 @@ def _tighten_node(propagator: BackwardPropagator, node: Node, rows: Tensor, boun
             found = torch.nan_to_num(both.detach(), nan=-float("inf"))
             flat_low[:, rows] = torch.maximum(flat_low[:, rows], found[:, :k])
             flat_up[:, rows] = torch.minimum(flat_up[:, rows], -found[:, k:])
-        parameters = [v for key, v in alphas.items() if key[0] == node.name]
-        if iteration == options.iterations or not parameters or _expired(options.deadline):
+        if optimiser is None:  # the node's alphas exist once its first pass has run
+            parameters = [v for key, v in alphas.items() if key[0] == node.name]
+            optimiser = torch.optim.Adam(parameters, lr=options.learning_rate) if parameters else None
+        if iteration == options.iterations or optimiser is None or _expired(options.deadline):
             break
-        if optimiser is None:
-            optimiser = torch.optim.Adam(parameters, lr=options.learning_rate)
         optimiser.zero_grad(set_to_none=True)
         (-both.sum()).backward()
         optimiser.step()
@@ -115,11 +106,6 @@ def _tighten_node(propagator: BackwardPropagator, node: Node, rows: Tensor, boun
     # rounding could cross the two sides of a (near-)degenerate neuron; keep the box non-empty
     flat_up = torch.maximum(flat_up, flat_low)
     return flat_low.reshape(low.shape), flat_up.reshape(up.shape)
-
-
-def _pass_bytes(propagator: BackwardPropagator, node: Node, batch: int, rows: int, element_size: int) -> int:
-    walked = sum(n.size for n in propagator.ancestors(node.name))
-    return batch * 2 * rows * walked * element_size
 
 
 def tighten_boxes(graph: Graph, bounds: dict[str, Bounds], options: LayerwiseOptions | None = None,
@@ -145,8 +131,8 @@ def tighten_boxes(graph: Graph, bounds: dict[str, Bounds], options: LayerwiseOpt
             if node.name not in rows:
                 rows[node.name] = _rows(graph, node, low, up)
             chosen = rows[node.name]
-            if not chosen.numel() or _pass_bytes(propagator, node, low.shape[0], chosen.numel(),
-                                                 low.element_size()) > options.max_pass_bytes:
+            if not chosen.numel() or node_pass_bytes(propagator, node, low.shape[0], chosen.numel(),
+                                                     low.element_size()) > options.max_pass_bytes:
                 continue
             for key in [key for key, value in alphas.items()
                         if key[0] == node.name and value.shape[2] != 2 * chosen.numel()]:

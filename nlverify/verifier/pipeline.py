@@ -330,20 +330,15 @@ def _bound_call(model, call: list[list[Problem]], method: str, options: Pipeline
 
 
 def _region_boxes(call: list[list[Problem]]) -> dict | None:
-    """The node boxes of the call's regions ``(B, ...)`` from the last stage (each problem's, intersected
-    over its region's problems), or None when a problem has none."""
-    if any(p.boxes is None for group in call for p in group):
+    """The node boxes of the call's regions ``(B, ...)`` from the last stage (every problem of a region
+    holds its region's, see :func:`_record`), or None when a region has none."""
+    if any(group[0].boxes is None for group in call):
         return None
     boxes = {}
     for name in call[0][0].boxes:
-        lows, ups = [], []
-        for group in call:
-            low, up = group[0].boxes[name]
-            for problem in group[1:]:
-                low, up = torch.maximum(low, problem.boxes[name][0]), torch.minimum(up, problem.boxes[name][1])
-            lows.append(low)
-            ups.append(torch.maximum(up, low))
-        boxes[name] = (torch.cat(lows), torch.cat(ups))
+        low = torch.cat([group[0].boxes[name][0] for group in call])
+        up = torch.cat([group[0].boxes[name][1] for group in call])
+        boxes[name] = (low, torch.maximum(up, low))  # the alpha stage's best-of-iterates may cross by rounding
     return boxes
 
 
