@@ -113,7 +113,7 @@ def _proved_radii(model, x0: torch.Tensor, C: torch.Tensor, radii: torch.Tensor,
     batched call)."""
     from nlverify.bounds.alpha import AlphaOptions, alpha_crown
     from nlverify.bounds.crown import CrownOptions, crown
-    from nlverify.verifier.pipeline import rows_proved
+    from nlverify.verifier.problem import rows_proved
 
     lower, upper = (x0[None] - radii[:, None]).clamp(0, 1), (x0[None] + radii[:, None]).clamp(0, 1)
     C = C[None].expand(len(radii), -1, -1).contiguous()

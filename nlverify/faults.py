@@ -12,7 +12,7 @@ One environment variable, read once when this module is first imported::
 =======================  ==================================================================================
 ``shrink_box[:f]``       every input box of the bound problems shrinks towards its centre: half-widths
                          times ``1 - f`` (default f = 0.5), before any bound is computed
-                         (:func:`nlverify.verifier.pipeline._problems`)
+                         (:func:`nlverify.verifier.problem.problems_from_spec`)
 ``tighten_intermediate`` every intermediate node box shrinks the same way (default f = 0.5) in
 ``[:f]``                 :func:`nlverify.bounds.crown.propagate_bounds`
 ``skip_intercept``       the intercepts of the first nonlinear node's relaxation are dropped (set to 0) in

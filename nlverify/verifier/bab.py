@@ -39,7 +39,7 @@ from nlverify.verifier.input_split import (
     INPUT_BRANCHING, STRONG_BRANCHING_MAX_INPUTS, InputSplitSearch, bound_input_boxes, free_dims,
     inherited_lower_bound, linear_minimiser, split_box,
 )
-from nlverify.verifier.pipeline import INPUT_SPLIT_MAX_INPUTS, Problem, ProblemOutcome
+from nlverify.verifier.problem import INPUT_SPLIT_MAX_INPUTS, Problem, ProblemOutcome
 from nlverify.verifier.search import BabReport, violation
 
 __all__ = ["BabOptions", "BabReport", "branch_and_bound", "bab_problem", "bab_search", "search_groups",

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from nlverify.bounds.backward_steps import box_minimum
 from nlverify.verifier.conjunction import pair_kinks
-from nlverify.verifier.pipeline import PROOF_ABS_TOL, PROOF_REL_TOL
+from nlverify.verifier.problem import PROOF_ABS_TOL, PROOF_REL_TOL
 
 __all__ = ["CLIP_ROUNDS", "clip_to_violation"]
 

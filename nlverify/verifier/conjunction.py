@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from nlverify.bounds.backward_steps import box_minimum
-from nlverify.verifier.pipeline import PROOF_ABS_TOL, PROOF_REL_TOL
+from nlverify.verifier.problem import PROOF_ABS_TOL, PROOF_REL_TOL
 
 __all__ = ["pair_kinks", "pair_lower_bound", "conjunction_lower_bound", "conjunction_gap"]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nlverify.verifier.pipeline import proof_margin, rows_proved
+from nlverify.verifier.problem import proof_margin, rows_proved
 
 __all__ = ["DomainStore", "DomainStoreFull", "Popped", "closed_domains", "domain_gap", "best_rows"]
 

@@ -52,7 +52,7 @@ from nlverify.verifier.domains import DomainStoreFull, best_rows, closed_domains
 from nlverify.verifier.input_rules import (INPUT_BOUNDS, input_alpha_iterations, input_batch_domains, input_bound_method,
                                            input_workers)
 from nlverify.verifier.parallel import run_sharded
-from nlverify.verifier.pipeline import free_dims
+from nlverify.verifier.problem import free_dims
 from nlverify.verifier.search import BabReport, Search
 
 __all__ = ["InputSplitSearch", "RowBounds", "bound_input_boxes", "linear_minimiser", "inherited_lower_bound",

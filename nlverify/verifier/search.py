@@ -27,7 +27,7 @@ from torch import Tensor
 from nlverify import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_INJECT_BUG is set
 from nlverify.graph import Graph
 from nlverify.verifier.domains import DomainStore, domain_gap
-from nlverify.verifier.pipeline import Problem
+from nlverify.verifier.problem import Problem
 
 if TYPE_CHECKING:
     from nlverify.verifier.bab import BabOptions

@@ -13,7 +13,9 @@ from nlverify.bounds.alpha import AlphaOptions, alpha_crown
 from nlverify.bounds.crown import CrownOptions
 from nlverify.bounds.layerwise import LayerwiseOptions, layerwise_targets, tighten_boxes
 from nlverify.model import load_onnx
-from nlverify.verifier.pipeline import PipelineOptions, Problem, _bound_stage, _Clock
+from nlverify.verifier.bound_stages import bound_stage
+from nlverify.verifier.pipeline import PipelineOptions
+from nlverify.verifier.problem import Problem
 
 
 def _setup(tmp_path, activation: str, architecture: str, radius: float, seed: int = 3, inputs: int = 4):
@@ -100,11 +102,11 @@ def test_pipeline_stage_runs_on_deep_regions_only_and_never_loosens(tmp_path, fr
     model, lower, upper, _ = _setup(tmp_path, "sigmoid", "mlp", radius=0.5, inputs=free_inputs)
     problem = _problem(lower, upper, 3)  # d = 1e3: never proved, so every stage runs
     options = PipelineOptions()
-    clock = _Clock(600)
+    deadline = time.monotonic() + 600
     for method in ("crown", "alpha-crown"):
-        _bound_stage(model, [problem], method, options, clock)
+        bound_stage(model, [problem], method, options, deadline)
     boxes, bound = dict(problem.boxes), problem.best_lower.clone()
-    _bound_stage(model, [problem], "layerwise", options, clock)
+    bound_stage(model, [problem], "layerwise", options, deadline)
     assert (problem.best_lower >= bound).all()
     if not deep:
         assert problem.boxes == boxes

@@ -27,7 +27,7 @@ from nlverify.bounds.second_order import (
 )
 from nlverify.model import load_onnx
 from nlverify.verifier.bab import BabOptions, bab_problem
-from nlverify.verifier.pipeline import Problem
+from nlverify.verifier.problem import Problem
 
 F64 = torch.float64
 

@@ -14,7 +14,7 @@ from nlverify.model import load_onnx
 from nlverify.verifier.bab import (
     BabOptions, bab_problem, bab_search, branch_and_bound, closed_domains, domain_gap, search_groups,
 )
-from nlverify.verifier.pipeline import Problem
+from nlverify.verifier.problem import Problem
 
 GRID = 601
 

@@ -13,7 +13,7 @@ from netgen import export, make_net
 from nlverify.model import load_onnx
 from nlverify.verifier.bab import BabOptions, bab_problem
 from nlverify.verifier.box_clipping import clip_to_violation
-from nlverify.verifier.pipeline import Problem
+from nlverify.verifier.problem import Problem
 
 
 def _random_case(seed: int, k: int = 200, m: int = 3, n: int = 4, cut: tuple[float, float] = (-0.2, 1.2)):
@@ -135,7 +135,7 @@ def test_two_rows_clip_to_the_exact_projection_of_their_polytope():
     extreme of the same program with the thresholds raised by a bound on the margin."""
     from scipy.optimize import linprog
 
-    from nlverify.verifier.pipeline import PROOF_ABS_TOL, PROOF_REL_TOL
+    from nlverify.verifier.problem import PROOF_ABS_TOL, PROOF_REL_TOL
 
     a, constant, d, lower, upper = _random_case(7, k=80, m=2, n=3, cut=(0.2, 0.6))
     keep = torch.isfinite(constant).all(1) & ((upper - lower).min(1).values > 1e-3)

@@ -16,7 +16,7 @@ from netgen import export
 from nlverify.model import load_onnx
 from nlverify.verifier.bab import BabOptions, bab_search
 from nlverify.verifier.conjunction import conjunction_gap, conjunction_lower_bound
-from nlverify.verifier.pipeline import Problem
+from nlverify.verifier.problem import Problem
 
 
 def _lp_min_max(a: np.ndarray, h: np.ndarray, low: np.ndarray, up: np.ndarray) -> float:

@@ -12,7 +12,7 @@ from netgen import export
 from nlverify.model import load_onnx
 from nlverify.verifier.bab import BabOptions
 from nlverify.verifier.input_split import InputSplitSearch
-from nlverify.verifier.pipeline import Problem
+from nlverify.verifier.problem import Problem
 
 RHO = 0.005
 

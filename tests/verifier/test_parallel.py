@@ -18,7 +18,7 @@ from nlverify.verifier import parallel
 from nlverify.verifier.bab import BabOptions, bab_search
 from nlverify.verifier.domains import Popped
 from nlverify.verifier.input_split import InputSplitSearch
-from nlverify.verifier.pipeline import Problem
+from nlverify.verifier.problem import Problem
 
 pytestmark = pytest.mark.skipif("fork" not in parallel.multiprocessing.get_all_start_methods(),
                                 reason="workers are forked")

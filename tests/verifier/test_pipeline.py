@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from nlverify.verifier.pipeline import (
-    PROOF_ABS_TOL, PipelineOptions, Problem, ProblemOutcome, _alpha_plan, alpha_stalled, rows_proved, verify,
-)
+from nlverify.verifier.bound_stages import alpha_plan, alpha_stalled
+from nlverify.verifier.pipeline import PipelineOptions, verify
+from nlverify.verifier.problem import PROOF_ABS_TOL, Problem, ProblemOutcome, rows_proved
 from nlverify.verifier.result import Verdict, validate_counterexample
 from nlverify.verifier.spec import parse_vnnlib
 from verifier_models import (
@@ -54,20 +54,20 @@ def _region_problem(free: int, fixed: int) -> Problem:
 def test_alpha_plan_runs_long_only_on_high_dimensional_regions():
     options = PipelineOptions()
     # few free inputs (input-split BaB follows): the short rule, up to the stage deadline
-    short = _alpha_plan([[_region_problem(8, 776)]], options, 50.0, 1)
+    short = alpha_plan([[_region_problem(8, 776)]], options, 50.0, 1)
     assert (short.iterations, short.stall_window, short.stall_tolerance, short.seconds) == (
         options.alpha_iterations, options.alpha_stall_window, options.alpha_stall_tolerance, None)
     # many free inputs (activation-split BaB keeps the root's boxes): longer, capped by a time share
-    deep = _alpha_plan([[_region_problem(784, 0)]], options, 50.0, 1)
+    deep = alpha_plan([[_region_problem(784, 0)]], options, 50.0, 1)
     assert deep.iterations == options.deep_alpha_iterations > options.alpha_iterations
     assert deep.stall_window == options.deep_alpha_stall_window > options.alpha_stall_window
     assert deep.seconds == pytest.approx(options.deep_alpha_time_fraction * 50.0)
     # the share is split among the calls still to run, so many calls cannot eat the whole budget
-    assert _alpha_plan([[_region_problem(784, 0)]], options, 50.0, 4).seconds == pytest.approx(deep.seconds / 4)
+    assert alpha_plan([[_region_problem(784, 0)]], options, 50.0, 4).seconds == pytest.approx(deep.seconds / 4)
     # a call mixing both kinds of region keeps the short rule (the low-dimensional ones are input-split)
-    mixed = _alpha_plan([[_region_problem(784, 0)], [_region_problem(8, 776)]], options, 50.0, 1)
+    mixed = alpha_plan([[_region_problem(784, 0)], [_region_problem(8, 776)]], options, 50.0, 1)
     assert mixed.iterations == options.alpha_iterations
-    assert _alpha_plan([[_region_problem(784, 0)]], options, None, 1).seconds is None
+    assert alpha_plan([[_region_problem(784, 0)]], options, None, 1).seconds is None
 
 
 def test_float64_margin_is_tighter_only_for_float64():
@@ -96,7 +96,7 @@ def test_float64_reverification_that_fails_leaves_the_float32_attack_working(fol
     extra attack still runs on the float32 one (no dtype clash, an honest unknown)."""
     import nlverify.verifier.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "_near_misses", lambda problems: 1)  # force the escalation
+    monkeypatch.setattr(pipeline, "near_miss_rows", lambda problems: 1)  # force the escalation
     spec_path = write(folder / "hard64.vnnlib", UNSAT_SPEC.replace("3.5", "2.5"))  # needs BaB
     seen = []
 

@@ -10,7 +10,7 @@ import torch
 from netgen import export, make_net
 from nlverify.model import load_onnx
 from nlverify.verifier.bab import BabOptions
-from nlverify.verifier.pipeline import Problem
+from nlverify.verifier.problem import Problem
 from nlverify.verifier.search import Search, violation
 
 
