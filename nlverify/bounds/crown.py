@@ -25,8 +25,8 @@ from nlverify import faults  # TEST-ONLY bug injection; inert unless NLVERIFY_IN
 
 __all__ = [  # the walk's names are re-exported: callers import the engine from here
     "BackwardPropagator", "BetaTerms", "RelaxationFor", "SplitConstraints", "CrownOptions", "DefaultRelaxations",
-    "INFEASIBLE", "close_infeasible", "crown", "has_own_pass", "identity_coefficients", "infeasible_domains", "nodes_needing_bounds",
-    "propagate_bounds", "relax_node", "row_coefficients", "spec_coefficients",
+    "INFEASIBLE", "close_infeasible", "crown", "has_own_pass", "identity_coefficients", "infeasible_domains",
+    "nodes_needing_bounds", "refinement_candidates", "propagate_bounds", "relax_node", "row_coefficients", "spec_coefficients",
 ]
 
 
@@ -108,7 +108,30 @@ def relax_node(node: Node, bounds: dict[str, Bounds], alpha: Tensor | None) -> L
 
 
 def nodes_needing_bounds(graph: Graph) -> set[str]:
+    """The nodes whose boxes some relaxation reads: the inputs of the nonlinear nodes."""
     return {i for node in graph.nonlinear_nodes() for i in node.inputs}
+
+
+def refinement_candidates(graph: Graph) -> set[str]:
+    """The nodes intermediate CROWN may bound by a pass of their own: those feeding a nonlinearity and,
+    behind every selection op among them, the nodes it selects from.
+
+    A selection op (Slice, Gather, Reshape, Transpose, Expand, Concat, Where on a constant mask) copies
+    entries, so the IBP image of its inputs' boxes is exactly its own box; it gets no pass
+    (:func:`has_own_pass`). Its box is then as tight as its inputs' boxes, so those must be refined: a
+    MaxMin exported as Slice -> Max/Min, or a GroupSort as Reshape -> TopK, otherwise reads the IBP box of
+    the affine layer before it."""
+    candidates = nodes_needing_bounds(graph)
+    frontier = list(candidates)
+    while frontier:
+        node = graph.nodes[frontier.pop()]
+        if not getattr(node.op, "selects", False):
+            continue
+        for name in node.inputs:
+            if name not in candidates:
+                candidates.add(name)
+                frontier.append(name)
+    return candidates
 
 
 def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_factory,
@@ -132,7 +155,7 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
         graph.input_name: (lower.reshape(batch, *graph.input_shape), upper.reshape(batch, *graph.input_shape))
     }
     relaxation_for = relaxation_for_factory(bounds)
-    needed = nodes_needing_bounds(graph) if options.intermediate == "crown" else set()
+    needed = refinement_candidates(graph) if options.intermediate == "crown" else set()
     for position, node in enumerate(graph):
         if node.kind == "input":
             continue

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from nlverify.bounds.alpha import AlphaKey, AlphaRelaxations, node_pass_bytes
 from nlverify.bounds.crown import (
-    BackwardPropagator, CrownOptions, has_own_pass, neurons_to_refine, nodes_needing_bounds, row_coefficients,
+    BackwardPropagator, CrownOptions, has_own_pass, neurons_to_refine, refinement_candidates, row_coefficients,
 )
 from nlverify.bounds.interval import Bounds
 from nlverify.graph import Graph, Node
@@ -61,7 +61,7 @@ def _expired(deadline: float | None) -> bool:
 def layerwise_targets(graph: Graph, propagator: BackwardPropagator, options: CrownOptions) -> list[Node]:
     """The nodes a sweep tightens, in topological order: those intermediate CROWN bounds by a pass of
     their own."""
-    needed = nodes_needing_bounds(graph)
+    needed = refinement_candidates(graph)
     return [node for node in graph
             if node.kind != "input" and node.name in needed and has_own_pass(propagator, node, options)]
 
