@@ -157,3 +157,22 @@ def test_property_any_interval_any_alpha(boxes, single):
     alpha = torch.tensor([[al for _, _, al, _ in boxes], [au for _, _, _, au in boxes]], dtype=dtype)
     for al in (alpha, None):
         assert_sound(GELU.relax(lower, upper, al), reference, lower, upper, SPECIAL, "hypothesis")
+
+
+@pytest.mark.parametrize("piece,side", [((-INFLECTION, INFLECTION), "upper"), ((-8.0, -INFLECTION), "lower"),
+                                        ((INFLECTION, 8.0), "lower")])
+def test_chord_side_ignores_alpha_inside_one_piece(piece, side):
+    """Inside the convex piece the upper line is the chord, inside a concave one the lower line, for every
+    alpha (the chord is the best line on that side; see the chord lock in ``Gelu.relax``)."""
+    g = torch.Generator().manual_seed(3)
+    a, b = (piece[0] + (piece[1] - piece[0]) * torch.rand(5000, generator=g, dtype=torch.float64)
+            for _ in range(2))
+    lower, upper = torch.minimum(a, b), torch.maximum(a, b)
+    family = Gelu()
+    default = family.relax(lower, upper)
+    for alpha in (torch.rand(2, 5000, generator=g, dtype=torch.float64), torch.zeros(2, 5000),
+                  torch.ones(2, 5000)):
+        relaxed = family.relax(lower, upper, alpha.to(torch.float64))
+        slope, default_slope = ((relaxed.upper_slope, default.upper_slope) if side == "upper"
+                                else (relaxed.lower_slope, default.lower_slope))
+        torch.testing.assert_close(slope, default_slope, rtol=1e-12, atol=1e-12)

@@ -244,3 +244,21 @@ def test_closed_form_default_matches_bisection_on_stretches(quarter_turns):
     for slope, want_upper in ((lower_slope, False), (upper_slope, True)):
         bisected = sine._midpoint_envelope_slope(l, u, s_min, s_max, quarter_turns, want_upper, steps=50)
         assert ((slope[on_stretch] - bisected).abs() / scale).max() < 1e-3
+
+
+@pytest.mark.parametrize("family", [Sin(), Cos()])
+def test_chord_side_ignores_alpha_on_a_stretch_without_inflection(family):
+    """Between two inflection points the chord is the best line on the chord side, for every alpha."""
+    g = torch.Generator().manual_seed(4)
+    shift = family.quarter_turns * math.pi / 2
+    k = torch.randint(-6, 6, (5000,), generator=g).to(torch.float64)
+    a, b = ((k + torch.rand(5000, generator=g, dtype=torch.float64)) * math.pi - shift for _ in range(2))
+    lower, upper = torch.minimum(a, b), torch.maximum(a, b)
+    default = family.relax(lower, upper)
+    concave = torch.sin(0.5 * (lower + upper) + shift) >= 0
+    for alpha in (torch.rand(2, 5000, generator=g, dtype=torch.float64), torch.zeros(2, 5000, dtype=torch.float64),
+                  torch.ones(2, 5000, dtype=torch.float64)):
+        relaxed = family.relax(lower, upper, alpha)
+        chord_side = torch.where(concave, relaxed.lower_slope, relaxed.upper_slope)
+        default_side = torch.where(concave, default.lower_slope, default.upper_slope)
+        torch.testing.assert_close(chord_side, default_side, rtol=1e-9, atol=1e-12)

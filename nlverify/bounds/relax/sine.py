@@ -33,7 +33,8 @@ slope in ``[min f', max f']`` over ``[l,u]`` (mean value theorem), so each bound
 Every alpha is sound (the intercept is exact for every slope) and the map is differentiable. The
 intercept's dependence on ``s`` is differentiated by the envelope theorem: the candidate points are
 located with a detached slope, so ``d(max g_s)/ds = -x*`` without differentiating ``arccos`` (whose
-derivative is infinite at +-1).
+derivative is infinite at +-1). On a stretch without an inflection point the chord side is locked to
+the chord (``_chord_locked``): there it is sound and lies inside every other sound line on that side.
 
 Default (``alpha=None``): for each bound the line *tangent to the envelope at the midpoint* ``m``, which
 minimises the area between line and function (``d/ds`` of the line's value at ``m`` is ``m - x*(s)``; it
@@ -200,6 +201,23 @@ def _stretch_slopes(lower: Tensor, upper: Tensor, quarter_turns: int) -> tuple[t
     return (torch.where(concave, chord, tangent), torch.where(concave, tangent, chord)), on_stretch
 
 
+def _chord_locked(lower: Tensor, upper: Tensor, lower_slope: Tensor, upper_slope: Tensor,
+                  quarter_turns: int) -> tuple[Tensor, Tensor]:
+    """On a stretch without an inflection point, the chord side takes the chord whatever alpha says.
+
+    There the chord is a sound line on that side (below a concave ``f``, above a convex one), and every
+    sound line on that side passes at or beyond ``f(l)`` and ``f(u)``, so lies at or beyond the chord on
+    all of ``[l, u]``: the chord is the best line for every sign of the coefficient it meets. Left
+    free, that alpha sits at a kink of the bound (its intercept switches endpoints at the chord slope)
+    and Adam's steps there only loosen it."""
+    with torch.no_grad():
+        (chord_below, chord_above), on_stretch = _stretch_slopes(lower, upper, quarter_turns)
+        concave = _shifted_sin(0.5 * (lower + upper), quarter_turns) >= 0
+    lower_slope = torch.where(on_stretch & concave, chord_below, lower_slope)
+    upper_slope = torch.where(on_stretch & ~concave, chord_above, upper_slope)
+    return lower_slope, upper_slope
+
+
 def _safe_fraction(value: Tensor, start: Tensor, stop: Tensor) -> Tensor:
     """``(value - start) / (stop - start)`` clamped to [0,1]; 0.5 for an empty range."""
     width = stop - start
@@ -253,6 +271,7 @@ class _ShiftedSine:
             s_min, s_max = _slope_range(l, u, self.quarter_turns, dtype)
         lower_slope = s_min + a[0] * (s_max - s_min)
         upper_slope = s_min + a[1] * (s_max - s_min)
+        lower_slope, upper_slope = _chord_locked(l, u, lower_slope, upper_slope, self.quarter_turns)
         lower_intercept = _sound_intercept(l, u, lower_slope, self.quarter_turns, False, dtype)
         upper_intercept = _sound_intercept(l, u, upper_slope, self.quarter_turns, True, dtype)
         return _cast_outward(lower_slope, lower_intercept, upper_slope, upper_intercept, dtype)
