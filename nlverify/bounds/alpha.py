@@ -17,7 +17,7 @@ from torch import Tensor
 
 from nlverify.bounds.crown import (
     INFEASIBLE, BackwardPropagator, BetaTerms, CrownOptions, SplitConstraints, close_infeasible,
-    nodes_needing_bounds, propagate_bounds, relax_node, spec_coefficients,
+    has_own_pass, propagate_bounds, refinement_candidates, relax_node, spec_coefficients,
 )
 from nlverify.bounds.interval import Bounds
 from nlverify.bounds.relax import binary_relaxation, release_live, unary_relaxation
@@ -209,9 +209,9 @@ def intermediate_alpha_bytes(graph: Graph, propagator: BackwardPropagator, batch
     the stage went past 23 GB and was killed; eran's 6x200 net 0.034 GB, every other shared benchmark
     at most 0.1 GB."""
     total = 0
-    for name in nodes_needing_bounds(graph):
+    for name in refinement_candidates(graph):
         node = graph.nodes[name]
-        if node.kind == "input" or node.size > options.max_crown_neurons:
+        if node.kind == "input" or not has_own_pass(propagator, node, options):
             continue  # bounded by IBP, no pass
         total += node_pass_bytes(propagator, node, batch, node.size, element_size)
     return total
@@ -247,9 +247,8 @@ def alpha_crown(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor | None = N
         coeffs = torch.cat([coeffs, -coeffs], 1)
     rows_out = coeffs.shape[1]
     rows = {graph.output_name: rows_out}
-    for node in graph.nonlinear_nodes():
-        for i in node.inputs:
-            rows[i] = 2 * graph.nodes[i].size
+    for name in refinement_candidates(graph):  # the start nodes of intermediate passes
+        rows[name] = 2 * graph.nodes[name].size
     optimise = {graph.output_name}
     if options.optimize_intermediate and intermediate_alpha_bytes(
             graph, propagator, batch, options.crown, lower.element_size()) <= options.max_intermediate_bytes:

@@ -7,6 +7,7 @@ import torch
 
 from netgen import export, make_net
 from nlverify.bounds.alpha import AlphaOptions, _box_width_penalty, alpha_crown
+from nlverify.bounds.crown import CrownOptions
 from nlverify.model import load_onnx
 
 
@@ -119,3 +120,20 @@ def test_alpha_tightens_gelu_where_chords_are_locked(tmp_path):
     with torch.no_grad():
         values = model.graph.forward(samples.reshape(-1, 32)).reshape(4000, 2, 10)
     assert (values >= alpha_low - 1e-5).all() and (values <= alpha_up + 1e-5).all()
+
+
+def test_passes_behind_selections_get_optimised_alphas(tmp_path):
+    """MaxMin as torch exports it (Reshape -> Max/Min): the affine node the Reshape reads from starts an
+    intermediate pass of its own, and its alphas are among those alpha-CROWN optimises."""
+    from nlverify.bounds.crown import has_own_pass, nodes_needing_bounds, refinement_candidates
+
+    net, shape = make_net("maxmin", "mlp", seed=1, width=16, inputs=6)
+    model = load_onnx(export(net, shape, tmp_path / "maxmin.onnx"))
+    graph = model.graph
+    behind = refinement_candidates(graph) - nodes_needing_bounds(graph)
+    starts = {name for name in behind if has_own_pass(model.propagator, graph.nodes[name], CrownOptions())}
+    assert starts, "the second affine layer feeds MaxMin through a selection"
+    centre = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    _, _, _, alphas = alpha_crown(graph, centre - 0.5, centre + 0.5, options=AlphaOptions(iterations=3),
+                                  propagator=model.propagator)
+    assert starts <= {start for start, _ in alphas}
