@@ -52,7 +52,8 @@ certificate is a float64 proof that their LMI (with ``gamma = 0``) holds at that
 optimum of their SDP on these weights is <= 11087.6, well below the published 17432; the published
 value is not this LMI's optimum. What we ruled out as the cause (upper bounds unless noted):
 1-Lipschitz only (``variant="none"``; exact, the LMI is block diagonal, Clarabel) 30295.4; their
-``P = 0`` (``"s"``) <= 16090.6 and ``S = 0`` (``"p"``) <= 21970.8 (120 s each, still descending);
+``P = 0`` (``"s"``) <= 16089.85 (converged, 60 s) and ``S = 0`` (``"p"``) <= 21970.8 (a converged run
+stops at 21980.2, 145 s), neither 17432;
 ``gamma`` only (``"tied"``) <= 11817.4; one ``(lambda, s, p)`` per layer <= 44307.0; the product of
 two 9-layer halves of the net <= 11880.8; MaxMin on halves instead of consecutive pairs (a
 different network) <= 1094.0. Which setting of theirs gives 17432 is not determined here.
