@@ -211,10 +211,12 @@ def _chord_locked(lower: Tensor, upper: Tensor, lower_slope: Tensor, upper_slope
     free, that alpha sits at a kink of the bound (its intercept switches endpoints at the chord slope)
     and Adam's steps there only loosen it."""
     with torch.no_grad():
-        (chord_below, chord_above), on_stretch = _stretch_slopes(lower, upper, quarter_turns)
+        # the default slopes on a stretch: the chord below a concave f / above a convex one, the tangent
+        # on the other side
+        (default_lower, default_upper), on_stretch = _stretch_slopes(lower, upper, quarter_turns)
         concave = _shifted_sin(0.5 * (lower + upper), quarter_turns) >= 0
-    lower_slope = torch.where(on_stretch & concave, chord_below, lower_slope)
-    upper_slope = torch.where(on_stretch & ~concave, chord_above, upper_slope)
+    lower_slope = torch.where(on_stretch & concave, default_lower, lower_slope)
+    upper_slope = torch.where(on_stretch & ~concave, default_upper, upper_slope)
     return lower_slope, upper_slope
 
 
