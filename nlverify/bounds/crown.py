@@ -9,7 +9,7 @@ callback, so alpha-CROWN reuses both with its own parameters.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -120,7 +120,8 @@ def refinement_candidates(graph: Graph) -> set[str]:
     entries, so the IBP image of its inputs' boxes is exactly its own box; it gets no pass
     (:func:`has_own_pass`). Its box is then as tight as its inputs' boxes, so those must be refined: a
     MaxMin exported as Slice -> Max/Min, or a GroupSort as Reshape -> TopK, otherwise reads the IBP box of
-    the affine layer before it."""
+    the affine layer before it. :func:`propagate_bounds` keeps these added nodes' boxes inside their
+    interval image, so nothing downstream reads a box wider than before they had a pass."""
     candidates = nodes_needing_bounds(graph)
     frontier = list(candidates)
     while frontier:
@@ -156,6 +157,11 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
     }
     relaxation_for = relaxation_for_factory(bounds)
     needed = refinement_candidates(graph) if options.intermediate == "crown" else set()
+    # Nodes behind selections keep the intersection with IBP whatever options.intersect_ibp says: their
+    # boxes were IBP's before they had a pass, and on a generated MaxMin CNN (soundness suite seed 19,
+    # 0b0c46a8ba5e) their pass alone, not intersected, took CROWN's output row from -6.8 to -16666.
+    behind_selections = needed - nodes_needing_bounds(graph)
+    intersected = replace(options, intersect_ibp=True)
     for position, node in enumerate(graph):
         if node.kind == "input":
             continue
@@ -167,7 +173,8 @@ def propagate_bounds(graph: Graph, lower: Tensor, upper: Tensor, relaxation_for_
         else:
             chosen = None
         if refinable:
-            low, up = _refine_node(propagator, node, low, up, bounds, relaxation_for, options, chosen)
+            low, up = _refine_node(propagator, node, low, up, bounds, relaxation_for,
+                                   intersected if node.name in behind_selections else options, chosen)
         if faults.ACTIVE: low, up = faults.tighten_intermediate(low, up)  # TEST-ONLY fault hook (faults.py)
         if splits is not None and node.name in splits.nodes():
             low, up = splits.restrict(node.name, low, up)
