@@ -182,22 +182,29 @@ def _midpoint_envelope_slope(lower: Tensor, upper: Tensor, slope_min: Tensor, sl
     return 0.5 * (lo + hi)
 
 
-def _stretch_slopes(lower: Tensor, upper: Tensor, quarter_turns: int) -> tuple[tuple[Tensor, Tensor], Tensor]:
-    """The default slopes in closed form where ``[l, u]`` holds no inflection point of
-    ``f(x) = sin(x + q*pi/2)`` (``x + q*pi/2 = k*pi``): ``((lower slope, upper slope), on_stretch)``.
-
-    There ``f`` is concave (``f >= 0``) or convex, and the midpoint tangent of the envelope is the
-    tangent of ``f`` at ``m`` on the curved side and the chord on the other. The chord's slope is
-    ``(f(u) - f(l)) / (u - l) = f'(m) * sin(w/2) / (w/2)`` (``w = u - l``; sum-to-product), with no
-    cancellation for tiny widths. Elsewhere the values are meaningless (``on_stretch`` False). Any
-    slope is sound (the intercept is exact), so a misjudged stretch next to an inflection point only
-    costs tightness."""
+def _stretch(lower: Tensor, upper: Tensor, quarter_turns: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(tangent slope at m, chord slope, concave, on_stretch)`` of ``f(x) = sin(x + q*pi/2)`` on
+    ``[l, u]``; the first three mean something only where ``on_stretch`` (no inflection point ``x + q*pi/2
+    = k*pi`` inside). The chord's slope is ``(f(u) - f(l)) / (u - l) = f'(m) * sin(w/2) / (w/2)`` (``w = u
+    - l``; sum-to-product), with no cancellation for tiny widths."""
     shift = quarter_turns * (math.pi / 2.0)
     on_stretch = torch.floor((lower + shift) / math.pi) == torch.floor((upper + shift) / math.pi)
     mid = 0.5 * (lower + upper)
     tangent = _shifted_sin(mid, quarter_turns + 1)
     chord = tangent * torch.sinc((upper - lower) / TWO_PI)  # torch.sinc(t) = sin(pi t) / (pi t)
     concave = _shifted_sin(mid, quarter_turns) >= 0
+    return tangent, chord, concave, on_stretch
+
+
+def _stretch_slopes(lower: Tensor, upper: Tensor, quarter_turns: int) -> tuple[tuple[Tensor, Tensor], Tensor]:
+    """The default slopes in closed form where ``[l, u]`` holds no inflection point:
+    ``((lower slope, upper slope), on_stretch)``.
+
+    There ``f`` is concave (``f >= 0``) or convex, and the midpoint tangent of the envelope is the
+    tangent of ``f`` at ``m`` on the curved side and the chord on the other (:func:`_stretch`).
+    Elsewhere the values are meaningless (``on_stretch`` False). Any slope is sound (the intercept is
+    exact), so a misjudged stretch next to an inflection point only costs tightness."""
+    tangent, chord, concave, on_stretch = _stretch(lower, upper, quarter_turns)
     return (torch.where(concave, chord, tangent), torch.where(concave, tangent, chord)), on_stretch
 
 
@@ -211,12 +218,9 @@ def _chord_locked(lower: Tensor, upper: Tensor, lower_slope: Tensor, upper_slope
     free, that alpha sits at a kink of the bound (its intercept switches endpoints at the chord slope)
     and Adam's steps there only loosen it."""
     with torch.no_grad():
-        # the default slopes on a stretch: the chord below a concave f / above a convex one, the tangent
-        # on the other side
-        (default_lower, default_upper), on_stretch = _stretch_slopes(lower, upper, quarter_turns)
-        concave = _shifted_sin(0.5 * (lower + upper), quarter_turns) >= 0
-    lower_slope = torch.where(on_stretch & concave, default_lower, lower_slope)
-    upper_slope = torch.where(on_stretch & ~concave, default_upper, upper_slope)
+        _, chord, concave, on_stretch = _stretch(lower, upper, quarter_turns)
+    lower_slope = torch.where(on_stretch & concave, chord, lower_slope)
+    upper_slope = torch.where(on_stretch & ~concave, chord, upper_slope)
     return lower_slope, upper_slope
 
 
