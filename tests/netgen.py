@@ -96,3 +96,12 @@ def export(net: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int 
     torch.onnx.export(net, torch.zeros(1, *input_shape), str(path), opset_version=opset, dynamo=False,
                       input_names=["x"], output_names=["y"])
     return path
+
+
+def box_samples(lower: torch.Tensor, upper: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` uniform points of the batch-1 box ``[lower, upper]``, ``count`` random corners (where a
+    node's extreme values often lie) and both ends."""
+    shape = lower.shape[1:]
+    uniform = lower + (upper - lower) * torch.rand(count, *shape, generator=generator)
+    corners = torch.where(torch.rand(count, *shape, generator=generator) < 0.5, lower, upper)
+    return torch.cat([uniform, corners, lower, upper])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from netgen import export, make_net
+from netgen import box_samples, export, make_net
 from nlverify.bounds.crown import crown, nodes_needing_bounds, refinement_candidates
 from nlverify.bounds.interval import interval_bounds, node_interval
 from nlverify.model import load_onnx
@@ -50,10 +50,8 @@ def test_every_crown_box_encloses_the_node_values(tmp_path, activation, architec
     generator = torch.Generator().manual_seed(5)
     for b in range(lower.shape[0]):
         low, up = lower[b:b + 1], upper[b:b + 1]
-        uniform = low + (up - low) * torch.rand(2000, *shape, generator=generator)
-        corners = torch.where(torch.rand(2000, *shape, generator=generator) < 0.5, low, up)
         with torch.no_grad():
-            values = model.graph.run(torch.cat([uniform, corners, low, up]))
+            values = model.graph.run(box_samples(low, up, 2000, generator))
         for name in refinement_candidates(model.graph):
             if name == model.graph.input_name:
                 continue

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from netgen import export, make_net
+from netgen import box_samples, export, make_net
 from nlverify.bounds.alpha import AlphaOptions, alpha_crown
 from nlverify.bounds.crown import CrownOptions
 from nlverify.bounds.layerwise import LayerwiseOptions, layerwise_targets, tighten_boxes
@@ -29,12 +29,7 @@ def _setup(tmp_path, activation: str, architecture: str, radius: float, seed: in
 
 
 def _samples(lower: torch.Tensor, upper: torch.Tensor, count: int) -> torch.Tensor:
-    """Uniform points of the box plus random corners (where the extreme values of a node often lie)."""
-    generator = torch.Generator().manual_seed(7)
-    shape = lower.shape[1:]
-    uniform = lower + (upper - lower) * torch.rand(count, *shape, generator=generator)
-    corners = torch.where(torch.rand(count, *shape, generator=generator) < 0.5, lower, upper)
-    return torch.cat([uniform, corners, lower, upper])
+    return box_samples(lower, upper, count, torch.Generator().manual_seed(7))
 
 
 @pytest.mark.parametrize("activation,architecture", [
